@@ -1,0 +1,76 @@
+"""The one error tree of batchroute, and the exit code each branch maps to.
+
+    BatchrouteError
+    ├── UsageError              stops a run before it starts (exit 2), one line naming the fault
+    │   ├── ConfigError         the job file: names the file and the key
+    │   ├── DatasetError        the input data: names the file and the column or row
+    │   └── OutputError         the output paths: names the file
+    └── RunStopped              the run stopped dispatching rows part way (finished rows are kept)
+        └── AuthRejected        the endpoint answered 401/403: no later call can succeed (exit 4)
+
+A call's own failure is not an exception that travels: `caller.py` classifies the SDK's
+exceptions once, into a `CallFailure` with a `FailureKind`, and the row that made the call
+becomes a result row with `status = "failed"`. Only a kind that dooms every later call
+(`FATAL`) turns into `AuthRejected`, raised once the finished rows are written.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class BatchrouteError(Exception):
+    """Base class of every error batchroute raises on purpose."""
+
+    exit_code = 1
+
+
+class UsageError(BatchrouteError):
+    """Bad configuration, data or paths: the run does not start."""
+
+    exit_code = 2
+
+
+class ConfigError(UsageError):
+    """The job file is invalid; the message names the file and the key."""
+
+
+class DatasetError(UsageError):
+    """The input dataset is unreadable or does not fit the job; names file and column or row."""
+
+
+class OutputError(UsageError):
+    """An output path cannot be written without losing earlier results."""
+
+
+class RunStopped(BatchrouteError):
+    """The run stopped starting rows; rows already finished were written."""
+
+    exit_code = 3
+
+
+class AuthRejected(RunStopped):
+    """The endpoint rejected the credentials; the message never contains the key."""
+
+    exit_code = 4
+
+
+class FailureKind(enum.StrEnum):
+    """How a failed call is handled; decided once, in `caller.classify_exception`."""
+
+    RETRYABLE = "retryable"  # timeout, connection error, 408, 409, 429, 5xx: try again later
+    FALLBACK = "fallback"  # the model cannot serve this request: try the next model at once
+    ROW = "row"  # the request itself is wrong (400): no model will accept it
+    FATAL = "fatal"  # 401/403: stop the whole run
+
+
+@dataclass(frozen=True, slots=True)
+class CallFailure:
+    """A classified failed call: what happened (`error_kind`) and what to do about it."""
+
+    kind: FailureKind
+    error_kind: str  # short machine-readable tag for the calls table, e.g. "http_429", "timeout"
+    message: str
+    status_code: int | None = None
+    retry_after_s: float | None = None

@@ -1,0 +1,240 @@
+"""The job file: TOML parsed into frozen, validated configuration."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from batchroute.errors import ConfigError
+from batchroute.prompts import PromptTemplate
+
+EMBEDDED = "embedded"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class InputConfig(_Section):
+    path: Path
+    id: str | None = None
+    prompt: str | None = None
+    system: str | None = None
+    messages: str | None = None  # a column holding a JSON list of chat messages
+    batch_rows: Annotated[int, Field(gt=0)] = 2048
+
+    @model_validator(mode="after")
+    def _one_prompt_source(self) -> InputConfig:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give exactly one of 'prompt' (a template) or 'messages' (a column)")
+        if self.messages is not None and self.system is not None:
+            raise ValueError("'system' applies to 'prompt' templates; put it in the messages")
+        if self.prompt is not None:
+            PromptTemplate.parse(self.prompt)
+        if self.system is not None:
+            PromptTemplate.parse(self.system)
+        return self
+
+    def template(self) -> PromptTemplate | None:
+        return PromptTemplate.parse(self.prompt) if self.prompt is not None else None
+
+    def system_template(self) -> PromptTemplate | None:
+        return PromptTemplate.parse(self.system) if self.system is not None else None
+
+
+class OutputConfig(_Section):
+    path: Path
+    calls: Path | None = None  # default: <results stem>.calls.parquet beside the results
+
+    @property
+    def calls_path(self) -> Path:
+        if self.calls is not None:
+            return self.calls
+        return self.path.with_name(self.path.stem + ".calls.parquet")
+
+
+class EndpointConfig(_Section):
+    base_url: str = EMBEDDED
+    api_key_env: str | None = None
+    timeout_s: Annotated[float, Field(gt=0)] = 60.0
+    charge_header: str = "X-MDB-Charged-USD"
+    balance_header: str = "X-MDB-Balance-USD"
+
+    @property
+    def embedded(self) -> bool:
+        return self.base_url == EMBEDDED
+
+
+class SimulatorConfig(_Section):
+    """Settings of the built-in simulator, used when `base_url = "embedded"`."""
+
+    models: Path | None = None
+    seed: int = 0
+    balance_usd: float | None = None
+
+
+class Prices(_Section):
+    input: Annotated[float, Field(ge=0)]
+    output: Annotated[float, Field(ge=0)]
+
+
+class ModelConfig(_Section):
+    rpm: Annotated[int, Field(gt=0)] | None = None
+    tpm: Annotated[int, Field(gt=0)] | None = None
+    max_concurrency: Annotated[int, Field(gt=0)] | None = None
+    usd_per_mtok: Prices | None = None
+    fallbacks: tuple[str, ...] = ()
+
+
+class ResponseFormat(_Section):
+    type: Literal["text", "json_object", "json_schema"]
+    name: str = "answer"
+    schema_: Annotated[dict[str, Any] | None, Field(alias="schema")] = None
+    strict: bool = False
+
+    def to_wire(self) -> dict[str, Any]:
+        if self.type != "json_schema":
+            return {"type": self.type}
+        spec: dict[str, Any] = {"name": self.name, "schema": self.schema_ or {}}
+        if self.strict:
+            spec["strict"] = True
+        return {"type": "json_schema", "json_schema": spec}
+
+
+class Params(_Section):
+    """Request parameters sent with every call of a plan."""
+
+    max_tokens: Annotated[int, Field(gt=0)] | None = None
+    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
+    top_p: Annotated[float, Field(gt=0, le=1)] | None = None
+    seed: int | None = None
+    response_format: ResponseFormat | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        wire: dict[str, Any] = {}
+        for key in ("max_tokens", "temperature", "top_p", "seed"):
+            value = getattr(self, key)
+            if value is not None:
+                wire[key] = value
+        if self.response_format is not None:
+            wire["response_format"] = self.response_format.to_wire()
+        return wire
+
+
+class CheckConfig(_Section):
+    type: Literal["json_schema", "regex"]
+    schema_: Annotated[dict[str, Any] | None, Field(alias="schema")] = None
+    pattern: str | None = None
+
+    @model_validator(mode="after")
+    def _needs_its_argument(self) -> CheckConfig:
+        if self.type == "regex" and self.pattern is None:
+            raise ValueError("a regex check needs 'pattern'")
+        if self.type != "regex" and self.pattern is not None:
+            raise ValueError(f"'pattern' does not apply to a {self.type} check")
+        return self
+
+
+class RouteConfig(_Section):
+    strategy: Literal["fixed", "cascade"]
+    model: str | None = None
+    tiers: tuple[str, ...] = ()
+
+    @model_validator(mode="after")
+    def _shape_fits_strategy(self) -> RouteConfig:
+        if self.strategy == "fixed" and (self.model is None or self.tiers):
+            raise ValueError("strategy 'fixed' takes 'model' (and no 'tiers')")
+        if self.strategy == "cascade" and (len(self.tiers) < 2 or self.model is not None):
+            raise ValueError("strategy 'cascade' takes 'tiers', two or more models")
+        return self
+
+
+class RunConfig(_Section):
+    concurrency: Annotated[int, Field(gt=0, le=100_000)] = 64
+    max_attempts: Annotated[int, Field(gt=0, le=50)] = 4
+    backoff_base_s: Annotated[float, Field(ge=0)] = 0.5
+    backoff_max_s: Annotated[float, Field(gt=0)] = 30.0
+    default_max_tokens: Annotated[int, Field(gt=0)] = 512  # for token budgets when unset
+
+
+class Job(_Section):
+    input: InputConfig
+    output: OutputConfig
+    endpoint: EndpointConfig = EndpointConfig()
+    simulator: SimulatorConfig = SimulatorConfig()
+    models: dict[str, ModelConfig] = {}
+    route: RouteConfig
+    params: Params = Params()
+    check: CheckConfig | None = None
+    run: RunConfig = RunConfig()
+    source: Annotated[Path | None, Field(exclude=True)] = None
+
+    @model_validator(mode="after")
+    def _models_are_known(self) -> Job:
+        named = set(self.route.tiers) | ({self.route.model} if self.route.model else set())
+        for model in self.models.values():
+            named.update(model.fallbacks)
+        if self.models:
+            missing = sorted(named - set(self.models))
+            if missing:
+                raise ValueError(f"model {missing[0]!r} is used but has no [models] table")
+        return self
+
+    def model(self, name: str) -> ModelConfig:
+        return self.models.get(name, ModelConfig())
+
+    def settings(self) -> dict[str, Any]:
+        """The job as plain data for output metadata: names of secrets, never their values."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def load_job(path: Path | str) -> Job:
+    """Read and validate a job file; relative paths in it are relative to the file."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such job file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the job file: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    try:
+        job = Job.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: {_first_problem(exc)}") from None
+    return _anchor_paths(job, base=path.parent, source=path)
+
+
+def _first_problem(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    where = ".".join(str(part) for part in error["loc"] if not isinstance(part, int))
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        message = "unknown key (misspelled?)"
+    elif error["type"] == "missing":
+        message = "required key is missing"
+    return f"{where}: {message}" if where else message
+
+
+def _anchor_paths(job: Job, *, base: Path, source: Path) -> Job:
+    def anchored(p: Path | None) -> Path | None:
+        return p if p is None or p.is_absolute() else Path(os.path.normpath(base / p))
+
+    updates_in = {"path": anchored(job.input.path)}
+    updates_out: dict[str, Any] = {"path": anchored(job.output.path)}
+    if job.output.calls is not None:
+        updates_out["calls"] = anchored(job.output.calls)
+    sim = job.simulator
+    return job.model_copy(
+        update={
+            "input": job.input.model_copy(update=updates_in),
+            "output": job.output.model_copy(update=updates_out),
+            "simulator": sim.model_copy(update={"models": anchored(sim.models)}),
+            "source": source,
+        }
+    )

@@ -1,0 +1,108 @@
+"""Per-model rate limits: requests and tokens per minute (aiolimiter) and concurrent calls."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TypeVar
+
+import anyio
+from aiolimiter import AsyncLimiter
+
+from batchroute.job import Job
+
+# A bucket holds this many seconds' worth of its rate. aiolimiter lets a full bucket go out
+# in one burst; a bucket of a whole minute would let a fresh run send 2x the limit in its first
+# minute, which a provider counting a sliding minute answers with 429s.
+BURST_SECONDS = 1.0
+
+_L = TypeVar("_L", bound=AsyncLimiter)
+
+
+class TokenBucket(AsyncLimiter):
+    """An AsyncLimiter for tokens whose reservations are corrected by the real usage.
+
+    A call reserves an estimate before it is sent (prompt estimate plus max_tokens) and the
+    response reports what it really used; `settle` moves the bucket's level by the difference
+    so the next calls see the true spend. It relies on aiolimiter's `_level` (the capacity in
+    use), the one piece of its state the public API cannot adjust.
+    """
+
+    def reserve_amount(self, estimate: int) -> float:
+        # A request larger than the bucket could never be admitted; it reserves a full bucket
+        # and `settle` books the rest, so later calls wait until the real spend has leaked out.
+        return float(min(estimate, self.max_rate))
+
+    def settle(self, reserved: float, actual: int) -> None:
+        self._leak()
+        self._level = max(0.0, self._level + (actual - reserved))
+        self._wake_next()
+
+
+class ModelLimits:
+    """The limits of one model. Build inside the running event loop."""
+
+    def __init__(self, *, rpm: int | None, tpm: int | None, max_concurrency: int | None) -> None:
+        self.requests = _limiter(AsyncLimiter, rpm)
+        self.tokens = _limiter(TokenBucket, tpm)
+        self.slots = anyio.CapacityLimiter(max_concurrency) if max_concurrency else None
+
+    @asynccontextmanager
+    async def call(self, estimate_tokens: int) -> AsyncIterator[TokenReservation]:
+        """Hold a concurrency slot and one request's capacity for the duration of a call."""
+        if self.slots is not None:
+            await self.slots.acquire()
+        try:
+            if self.requests is not None:
+                await self.requests.acquire()
+            reservation = TokenReservation(self.tokens, estimate_tokens)
+            await reservation.acquire()
+            yield reservation
+        finally:
+            if self.slots is not None:
+                self.slots.release()
+
+
+class TokenReservation:
+    """Tokens held for one call; `settle` with the usage the response reported."""
+
+    def __init__(self, bucket: TokenBucket | None, estimate: int) -> None:
+        self._bucket = bucket
+        self._reserved = 0.0 if bucket is None else bucket.reserve_amount(estimate)
+
+    async def acquire(self) -> None:
+        if self._bucket is not None:
+            await self._bucket.acquire(self._reserved)
+
+    def settle(self, actual_tokens: int | None) -> None:
+        # Without a usage report (an error), keep the estimate: the provider may have counted it.
+        if self._bucket is not None and actual_tokens is not None:
+            self._bucket.settle(self._reserved, actual_tokens)
+            self._reserved = float(actual_tokens)
+
+
+def _limiter(kind: type[_L], per_minute: int | None) -> _L | None:
+    if per_minute is None:
+        return None
+    per_second = per_minute / 60.0
+    capacity = max(1.0, math.floor(per_second * BURST_SECONDS))
+    return kind(capacity, capacity / per_second)
+
+
+class Limits:
+    """The limits of every model of a job, made on first use inside the event loop."""
+
+    def __init__(self, job: Job) -> None:
+        self._job = job
+        self._by_model: dict[str, ModelLimits] = {}
+
+    def __getitem__(self, model: str) -> ModelLimits:
+        limits = self._by_model.get(model)
+        if limits is None:
+            config = self._job.model(model)
+            limits = ModelLimits(
+                rpm=config.rpm, tpm=config.tpm, max_concurrency=config.max_concurrency
+            )
+            self._by_model[model] = limits
+        return limits

@@ -1,0 +1,128 @@
+"""Run statistics, the progress bar on stderr, and the closing summary."""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from tqdm import tqdm
+
+from batchroute.records import FAILED, OK, SKIPPED, RowResult
+
+
+@dataclass(slots=True)
+class RunStats:
+    """Counters updated as rows finish; what the bar shows and the summary reports."""
+
+    total: int
+    started: float = field(default_factory=time.monotonic)
+    done: int = 0
+    ok: int = 0
+    failed: int = 0
+    skipped: int = 0
+    unverified: int = 0  # answered, but no tier's answer passed the check
+    escalated: int = 0
+    fallback: int = 0
+    calls: int = 0
+    cost_usd: float = 0.0
+    # What the same rows would have cost on the plans' top tier; None when it cannot be known.
+    top_tier_cost_usd: float | None = 0.0
+    top_tier: str | None = None
+    balance_usd: float | None = None
+
+    def add(self, result: RowResult, *, top_tier_cost: float | None) -> None:
+        self.done += 1
+        self.ok += result.status == OK
+        self.failed += result.status == FAILED
+        self.skipped += result.status == SKIPPED
+        self.unverified += result.status == OK and result.check_passed is False
+        self.escalated += result.escalated
+        self.fallback += result.fallback_used
+        self.calls += len(result.calls)
+        self.cost_usd += result.cost_usd
+        if self.top_tier_cost_usd is not None and result.status != SKIPPED:
+            if top_tier_cost is None:
+                self.top_tier_cost_usd = None
+            else:
+                self.top_tier_cost_usd += top_tier_cost
+
+    @property
+    def elapsed_s(self) -> float:
+        return time.monotonic() - self.started
+
+    def as_dict(self) -> dict[str, Any]:
+        ran = self.done - self.skipped
+        return {
+            "rows": self.done,
+            "ok": self.ok,
+            "failed": self.failed,
+            "skipped": self.skipped,
+            "unverified": self.unverified,
+            "calls": self.calls,
+            "escalation_rate": self.escalated / ran if ran else 0.0,
+            "fallback_rate": self.fallback / ran if ran else 0.0,
+            "cost_usd": self.cost_usd,
+            "cost_per_row_usd": self.cost_usd / ran if ran else 0.0,
+            "top_tier": self.top_tier,
+            "top_tier_cost_usd": self.top_tier_cost_usd,
+            "balance_usd": self.balance_usd,
+            "elapsed_s": round(self.elapsed_s, 3),
+        }
+
+    def summary_line(self) -> str:
+        d = self.as_dict()
+        ran = self.done - self.skipped
+        parts = [
+            f"{self.done} rows: {self.ok} ok"
+            + (f" ({self.unverified} failed the check on every tier)" if self.unverified else "")
+            + f", {self.failed} failed"
+            + (f", {self.skipped} skipped" if self.skipped else ""),
+            f"escalated {d['escalation_rate']:.1%}",
+            f"${d['cost_per_row_usd'] * 1000:.4f} per 1k rows",
+            f"total ${self.cost_usd:.4f}",
+        ]
+        if self.top_tier is not None and self.top_tier_cost_usd and ran:
+            saving = 1 - self.cost_usd / self.top_tier_cost_usd
+            parts.append(
+                f"vs ~${self.top_tier_cost_usd:.4f} all on {self.top_tier} ({saving:.0%} saved)"
+                if saving >= 0
+                else f"vs ~${self.top_tier_cost_usd:.4f} all on {self.top_tier}"
+            )
+        if self.balance_usd is not None:
+            parts.append(f"balance ${self.balance_usd:.2f}")
+        parts.append(f"{self.elapsed_s:.1f}s ({self.done / max(self.elapsed_s, 1e-9):.0f} rows/s)")
+        return "; ".join(parts)
+
+
+class ProgressBar:
+    """A tqdm bar on stderr, only when stderr is a terminal and the user did not ask quiet."""
+
+    def __init__(self, stats: RunStats, *, quiet: bool) -> None:
+        self._stats = stats
+        enabled = not quiet and sys.stderr.isatty()
+        self._bar = (
+            tqdm(total=stats.total, unit="row", file=sys.stderr, dynamic_ncols=True)
+            if enabled
+            else None
+        )
+        self._last_postfix = 0.0
+
+    def update(self, rows: int = 1) -> None:
+        if self._bar is None:
+            return
+        self._bar.update(rows)
+        now = time.monotonic()
+        if now - self._last_postfix >= 0.5:  # postfix formatting is not free; refresh twice a s
+            self._last_postfix = now
+            s = self._stats
+            ran = max(s.done - s.skipped, 1)
+            self._bar.set_postfix_str(
+                f"${s.cost_usd:.4f} esc {s.escalated / ran:.0%} fail {s.failed / ran:.0%}",
+                refresh=False,
+            )
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()

@@ -1,0 +1,148 @@
+"""What a run records: one CallRecord per HTTP call, one RowResult per input row."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import polars as pl
+
+# cost_source values: where a charge came from
+HEADER = "header"
+PRICE_TABLE = "price_table"
+UNKNOWN = "unknown"  # no charge header and no price for the model
+MIXED = "mixed"  # a row whose calls were charged from different sources
+
+OK, FAILED, SKIPPED = "ok", "failed", "skipped"
+
+
+@dataclass(slots=True)
+class CallRecord:
+    row_id: object
+    tier: int
+    model: str
+    attempt: int
+    started_at: datetime
+    latency_s: float
+    status_code: int | None = None
+    error_kind: str | None = None
+    error: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    charge_usd: float | None = None
+    cost_source: str = UNKNOWN
+    balance_usd: float | None = None
+    request_id: str | None = None
+    cached: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.error_kind is None
+
+
+@dataclass(slots=True)
+class RowResult:
+    row_id: object
+    plan: str
+    status: str = OK
+    answer: str | None = None
+    model: str | None = None
+    escalated: bool = False
+    escalation_reason: str | None = None
+    tiers_tried: list[str] = field(default_factory=list)
+    fallback_used: bool = False
+    check_passed: bool | None = None
+    error: str | None = None
+    calls: list[CallRecord] = field(default_factory=list)
+    label: str | None = None
+
+    @property
+    def cost_usd(self) -> float:
+        return sum(c.charge_usd for c in self.calls if c.charge_usd is not None)
+
+    @property
+    def cost_source(self) -> str | None:
+        sources = {c.cost_source for c in self.calls if c.charge_usd is not None}
+        if not sources:
+            return UNKNOWN if self.calls else None
+        return sources.pop() if len(sources) == 1 else MIXED
+
+    def tokens(self, attr: str) -> int:
+        return sum(getattr(c, attr) or 0 for c in self.calls)
+
+
+def call_schema(id_dtype: pl.DataType) -> dict[str, pl.DataType]:
+    return {
+        "row_id": id_dtype,
+        "tier": pl.Int32(),
+        "model": pl.String(),
+        "attempt": pl.Int32(),
+        "status_code": pl.Int32(),
+        "error_kind": pl.String(),
+        "error": pl.String(),
+        "latency_s": pl.Float64(),
+        "prompt_tokens": pl.Int64(),
+        "completion_tokens": pl.Int64(),
+        "charge_usd": pl.Float64(),
+        "cost_source": pl.String(),
+        "balance_usd": pl.Float64(),
+        "request_id": pl.String(),
+        "cached": pl.Boolean(),
+        "started_at": pl.Datetime("us", "UTC"),
+    }
+
+
+def result_schema(id_dtype: pl.DataType) -> dict[str, pl.DataType]:
+    return {
+        "row_id": id_dtype,
+        "answer": pl.String(),
+        "model": pl.String(),
+        "plan": pl.String(),
+        "escalated": pl.Boolean(),
+        "escalation_reason": pl.String(),
+        "tiers_tried": pl.List(pl.String()),
+        "fallback_used": pl.Boolean(),
+        "check_passed": pl.Boolean(),
+        "status": pl.String(),
+        "error": pl.String(),
+        "calls": pl.Int32(),
+        "cost_usd": pl.Float64(),
+        "cost_source": pl.String(),
+        "prompt_tokens": pl.Int64(),
+        "completion_tokens": pl.Int64(),
+        "latency_s": pl.Float64(),
+        "label": pl.String(),
+        "cached": pl.Boolean(),
+    }
+
+
+def calls_frame(calls: list[CallRecord], *, id_dtype: pl.DataType) -> pl.DataFrame:
+    schema = call_schema(id_dtype)
+    columns = {name: [getattr(c, name) for c in calls] for name in schema}
+    return pl.DataFrame(columns, schema=schema)
+
+
+def results_frame(results: list[RowResult], *, id_dtype: pl.DataType) -> pl.DataFrame:
+    schema = result_schema(id_dtype)
+    columns: dict[str, list[object]] = {name: [] for name in schema}
+    for r in results:
+        columns["row_id"].append(r.row_id)
+        columns["answer"].append(r.answer)
+        columns["model"].append(r.model)
+        columns["plan"].append(r.plan)
+        columns["escalated"].append(r.escalated)
+        columns["escalation_reason"].append(r.escalation_reason)
+        columns["tiers_tried"].append(r.tiers_tried)
+        columns["fallback_used"].append(r.fallback_used)
+        columns["check_passed"].append(r.check_passed)
+        columns["status"].append(r.status)
+        columns["error"].append(r.error)
+        columns["calls"].append(len(r.calls))
+        columns["cost_usd"].append(r.cost_usd)
+        columns["cost_source"].append(r.cost_source)
+        columns["prompt_tokens"].append(r.tokens("prompt_tokens"))
+        columns["completion_tokens"].append(r.tokens("completion_tokens"))
+        columns["latency_s"].append(sum(c.latency_s for c in r.calls))
+        columns["label"].append(r.label)
+        columns["cached"].append(bool(r.calls) and all(c.cached for c in r.calls))
+    return pl.DataFrame(columns, schema=schema)
