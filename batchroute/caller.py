@@ -123,6 +123,7 @@ class Caller:
                 if failure is None:
                     outcome.answer, outcome.model = answer, name
                     outcome.fallback_used = position > 0
+                    outcome.failure = None  # earlier attempts' failures were overcome
                     return outcome
                 outcome.failure = failure
                 if failure.kind is FailureKind.FATAL:
@@ -192,6 +193,7 @@ class Caller:
             self._charge(record, headers)
             if failure is not None:
                 record.error_kind, record.error = failure.error_kind, failure.message
+                record.retry_after_s = failure.retry_after_s
             return record, answer, failure
 
     def _charge(self, record: CallRecord, headers: Mapping[str, str]) -> None:

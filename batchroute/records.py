@@ -27,6 +27,7 @@ class CallRecord:
     status_code: int | None = None
     error_kind: str | None = None
     error: str | None = None
+    retry_after_s: float | None = None  # what the server asked us to wait, when it said
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     charge_usd: float | None = None
@@ -80,6 +81,7 @@ def call_schema(id_dtype: pl.DataType) -> dict[str, pl.DataType]:
         "status_code": pl.Int32(),
         "error_kind": pl.String(),
         "error": pl.String(),
+        "retry_after_s": pl.Float64(),
         "latency_s": pl.Float64(),
         "prompt_tokens": pl.Int64(),
         "completion_tokens": pl.Int64(),

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from batchroute.errors import OutputError
@@ -84,10 +83,6 @@ def check_writable(path: Path, *, overwrite: bool) -> None:
 
 def read_metadata(path: Path | str) -> dict[str, Any]:
     """The batchroute metadata of an output file: run id, version, job settings, summary."""
-    raw = pq.read_schema(path).metadata or {}
+    raw = pq.read_metadata(path).metadata or {}
     value = raw.get(METADATA_KEY.encode())
     return json.loads(value) if value else {}
-
-
-def arrow_schema(schema: dict[str, pl.DataType]) -> pa.Schema:
-    return pl.DataFrame(schema=schema).to_arrow().schema

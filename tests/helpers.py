@@ -1,0 +1,114 @@
+"""Test helpers: simulator model tables, datasets and job files on disk, the real CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import polars as pl
+
+# Test models: latency 0 so tests are fast; each failure mode on its own model.
+SIM_MODELS = """
+balance_usd = 1000.0
+
+[models."t/cheap"]
+usd_per_mtok = { input = 0.2, output = 0.8 }
+latency_ms = { mean = 0, jitter = 0 }
+skill = 0.3
+
+[models."t/strong"]
+usd_per_mtok = { input = 4.0, output = 20.0 }
+latency_ms = { mean = 0, jitter = 0 }
+skill = 0.97
+
+[models."t/broken"]
+usd_per_mtok = { input = 1.0, output = 1.0 }
+errors = { "500" = 1.0 }
+
+[models."t/hangs"]
+usd_per_mtok = { input = 1.0, output = 1.0 }
+errors = { hang = 1.0 }
+hang_s = 30
+
+[models."t/throttled"]
+usd_per_mtok = { input = 0.5, output = 0.5 }
+latency_ms = { mean = 0, jitter = 0 }
+errors = { "429" = 0.5 }
+"""
+
+
+def write_sim_models(directory: Path, text: str = SIM_MODELS) -> Path:
+    path = directory / "sim_models.toml"
+    path.write_text(textwrap.dedent(text), encoding="utf-8")
+    return path
+
+
+def make_tasks(n: int, *, with_id: bool = True) -> pl.DataFrame:
+    columns: dict[str, list[object]] = {
+        "task_type": [("classify", "extract", "summarize")[i % 3] for i in range(n)],
+        "text": [f"Ticket number {i}: the parcel arrived damaged, box {i * 7}." for i in range(n)],
+    }
+    if with_id:
+        columns = {"task_id": [f"task-{i:04d}" for i in range(n)], **columns}
+    return pl.DataFrame(columns)
+
+
+def write_tasks(
+    directory: Path, n: int, *, name: str = "tasks.parquet", with_id: bool = True
+) -> Path:
+    path = directory / name
+    frame = make_tasks(n, with_id=with_id)
+    if path.suffix == ".csv":
+        frame.write_csv(path)
+    else:
+        frame.write_parquet(path)
+    return path
+
+
+def write_job(directory: Path, body: str, *, name: str = "job.toml") -> Path:
+    path = directory / name
+    path.write_text(textwrap.dedent(body), encoding="utf-8")
+    return path
+
+
+def job_text(
+    *,
+    base_url: str,
+    data: str = "tasks.parquet",
+    route: str,
+    models: str = "",
+    extra: str = "",
+    input_extra: str = 'id = "task_id"\nprompt = "Label: {text}"',
+    run_extra: str = "",
+) -> str:
+    """A complete job file; tests pass the parts they care about."""
+    return (
+        f'[input]\npath = "{data}"\n{input_extra}\n\n'
+        f'[output]\npath = "out/results.parquet"\n\n'
+        f'[endpoint]\nbase_url = "{base_url}"\ntimeout_s = 5\n\n'
+        f"{textwrap.dedent(models)}\n[route]\n{textwrap.dedent(route)}\n"
+        f"[run]\nconcurrency = 16\nbackoff_base_s = 0.05\n{textwrap.dedent(run_extra)}\n"
+        f"{textwrap.dedent(extra)}"
+    )
+
+
+def run_cli(
+    *args: str | Path,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 120,
+) -> subprocess.CompletedProcess[str]:
+    """The real `batchroute` command in a subprocess."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "batchroute", *map(str, args)],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
