@@ -26,6 +26,7 @@ test: lint
 
 bench: install
 	$(BIN)/python bench/sim_throughput.py
+	$(BIN)/python bench/headroom.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache
