@@ -44,14 +44,19 @@ def main() -> None:
     rng = random.Random(7)
     rows = []
     for i in range(ROWS):
-        fill = {"n": f"#{rng.randint(10_000, 99_999)}", "month": rng.choice(MONTHS),
-                "name": rng.choice(NAMES)}
+        fill = {
+            "n": f"#{rng.randint(10_000, 99_999)}",
+            "month": rng.choice(MONTHS),
+            "name": rng.choice(NAMES),
+        }
         text = " ".join(
-            part for part in (
+            part
+            for part in (
                 rng.choice(OPENINGS),
                 rng.choice(SUBJECTS).format(**fill) + ".",
                 rng.choice(CLOSINGS).format(**fill),
-            ) if part
+            )
+            if part
         )
         row = {"ticket_id": f"T{i:05d}", "channel": rng.choice(CHANNELS), "text": text}
         row["expected"] = expected_answer(template.render(row))
