@@ -116,13 +116,18 @@ class ProgressBar:
         now = time.monotonic()
         if now - self._last_postfix >= 0.5:  # postfix formatting is not free; refresh twice a s
             self._last_postfix = now
-            s = self._stats
-            ran = max(s.done - s.skipped, 1)
-            self._bar.set_postfix_str(
-                f"${s.cost_usd:.4f} esc {s.escalated / ran:.0%} fail {s.failed / ran:.0%}",
-                refresh=False,
-            )
+            self._set_postfix()
+
+    def _set_postfix(self) -> None:
+        assert self._bar is not None
+        s = self._stats
+        ran = max(s.done - s.skipped, 1)
+        self._bar.set_postfix_str(
+            f"${s.cost_usd:.4f} esc {s.escalated / ran:.0%} fail {s.failed / ran:.0%}",
+            refresh=False,
+        )
 
     def close(self) -> None:
         if self._bar is not None:
+            self._set_postfix()  # the final figures, not those of the last half second
             self._bar.close()
