@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: install
-	$(BIN)/batchroute run jobs/demo.toml --overwrite
+	$(BIN)/batchroute run jobs/demo.toml --force
 
 lint: install
 	$(BIN)/ruff check batchroute tests bench data

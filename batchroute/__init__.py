@@ -10,11 +10,13 @@ except PackageNotFoundError:  # running from a source tree that was never instal
     __version__ = "0.0.0+unknown"
 
 from batchroute.job import Job, load_job  # noqa: E402
+from batchroute.preflight import RunOptions  # noqa: E402
 from batchroute.results import read_calls, read_metadata, read_results  # noqa: E402
 from batchroute.runner import RunReport, arun, run  # noqa: E402
 
 __all__ = [
     "Job",
+    "RunOptions",
     "RunReport",
     "__version__",
     "arun",

@@ -16,13 +16,15 @@ from typing import Any
 import anyio
 import openai
 
+from batchroute.budget import Budget
 from batchroute.control import RunControl
-from batchroute.errors import AuthRejected, CallFailure, FailureKind, RunStopped
+from batchroute.errors import AuthRejected, BudgetReached, CallFailure, FailureKind, RunStopped
 from batchroute.job import Job
-from batchroute.limits import Limits
+from batchroute.limits import Limits, TokenReservation
 from batchroute.prompts import Message, estimate_prompt_tokens
 from batchroute.records import HEADER, PRICE_TABLE, UNKNOWN, CallRecord
 from batchroute.retry import RetryPolicy, parse_retry_after
+from batchroute.store import CallCache, StoredCall
 
 # Codes that mean "this model cannot take this request, another might" rather than "the
 # request is wrong": the fallback model may have a longer context or actually exist.
@@ -77,12 +79,16 @@ class Caller:
         job: Job,
         limits: Limits,
         control: RunControl,
+        budget: Budget,
+        cache: CallCache,
         rng: random.Random,
     ) -> None:
         self._client = client
         self._job = job
         self._limits = limits
         self._control = control
+        self._budget = budget
+        self._cache = cache
         self._rng = rng
         self._policy = RetryPolicy(
             max_attempts=job.run.max_attempts,
@@ -101,15 +107,31 @@ class Caller:
         messages: list[Message],
         params: dict[str, Any],
     ) -> TierOutcome:
-        """Try `model`, retrying what is retryable, then each of its fallbacks in order."""
+        """Try `model`, retrying what is retryable, then each of its fallbacks in order.
+
+        A stored answer for the model or one of its fallbacks is used before any HTTP call:
+        on resume that is the answer this run already paid for.
+        """
         outcome = TierOutcome()
         candidates = (model, *self._job.model(model).fallbacks)
-        for position, name in enumerate(candidates):
+        keys = [self._cache.key(name, messages, params) for name in candidates]
+        if self._cache.reads:
+            for position, (name, key) in enumerate(zip(candidates, keys, strict=True)):
+                stored = await self._cache.find(key)
+                if stored is not None:
+                    outcome.records.append(self._replayed(stored, row_id, tier=tier))
+                    outcome.answer, outcome.model = stored.answer, name
+                    outcome.fallback_used = position > 0
+                    return outcome
+            if self._cache.offline:
+                outcome.failure = CallFailure(
+                    FailureKind.SKIP, "not_cached", "offline, and no stored answer"
+                )
+                return outcome
+        for position, (name, key) in enumerate(zip(candidates, keys, strict=True)):
             for attempt in range(1, self._policy.max_attempts + 1):
                 if self._control.stop_error is not None:
-                    outcome.failure = CallFailure(
-                        FailureKind.FATAL, "stopped", str(self._control.stop_error)
-                    )
+                    outcome.failure = _skipped(self._control.stop_error)
                     return outcome
                 record, answer, failure = await self._attempt(
                     row_id,
@@ -119,17 +141,20 @@ class Caller:
                     messages=messages,
                     params=params,
                 )
-                outcome.records.append(record)
+                if record is not None:
+                    outcome.records.append(record)
                 if failure is None:
+                    assert record is not None and answer is not None
                     outcome.answer, outcome.model = answer, name
                     outcome.fallback_used = position > 0
                     outcome.failure = None  # earlier attempts' failures were overcome
+                    await self._cache.remember(_to_store(key, record, answer, self._cache.run_id))
                     return outcome
                 outcome.failure = failure
                 if failure.kind is FailureKind.FATAL:
                     self._control.stop(_stop_error(failure, self._job))
                     return outcome
-                if failure.kind is FailureKind.ROW:
+                if failure.kind in (FailureKind.ROW, FailureKind.SKIP):
                     return outcome
                 if failure.kind is FailureKind.FALLBACK:
                     break
@@ -141,6 +166,25 @@ class Caller:
                     )
         return outcome
 
+    def _replayed(self, stored: StoredCall, row_id: object, *, tier: int) -> CallRecord:
+        """A stored call as this run records it: the original charge, `cached` unless it was
+        this very run (a resume) that paid for it."""
+        return CallRecord(
+            row_id=row_id,
+            tier=tier,
+            model=stored.model,
+            attempt=1,
+            started_at=datetime.now(UTC),
+            latency_s=stored.latency_s,
+            status_code=200,
+            prompt_tokens=stored.prompt_tokens,
+            completion_tokens=stored.completion_tokens,
+            charge_usd=stored.charge_usd,
+            cost_source=stored.cost_source or UNKNOWN,
+            request_id=stored.request_id,
+            cached=stored.run_id != self._cache.run_id,
+        )
+
     async def _attempt(
         self,
         row_id: object,
@@ -150,51 +194,83 @@ class Caller:
         attempt: int,
         messages: list[Message],
         params: dict[str, Any],
-    ) -> tuple[CallRecord, str | None, CallFailure | None]:
+    ) -> tuple[CallRecord | None, str | None, CallFailure | None]:
         max_tokens = params.get("max_tokens") or self._job.run.default_max_tokens
-        estimate = estimate_prompt_tokens(messages) + max_tokens
-        async with self._limits[model].call(estimate) as reservation:
-            started_at = datetime.now(UTC)
-            t0 = time.perf_counter()
-            try:
-                raw = await self._client.chat.completions.with_raw_response.create(
-                    model=model,
-                    messages=messages,  # type: ignore[arg-type]
-                    **params,
-                )
-                body: Any = raw.http_response.json()
-                headers: Mapping[str, str] = raw.headers
-                status_code: int | None = raw.http_response.status_code
-                failure: CallFailure | None = None
-            except openai.APIError as exc:
-                body, failure = None, classify_exception(exc)
-                response = getattr(exc, "response", None)
-                headers = response.headers if response is not None else {}
-                status_code = response.status_code if response is not None else None
-            except ValueError as exc:  # a 2xx whose body is not JSON at all
-                body, headers, status_code = None, {}, None
-                failure = CallFailure(FailureKind.RETRYABLE, "bad_response", _one_line(str(exc)))
-            latency = time.perf_counter() - t0
-
-            record = CallRecord(
-                row_id=row_id,
-                tier=tier,
-                model=model,
-                attempt=attempt,
-                started_at=started_at,
-                latency_s=latency,
-                status_code=status_code,
-                request_id=headers.get("x-request-id"),
+        prompt_tokens = estimate_prompt_tokens(messages)
+        async with self._limits[model].call(prompt_tokens + max_tokens) as reservation:
+            # Admitted after the limiter's wait, right before sending: the spend is current.
+            cost_estimate = await self._budget.admit(
+                model, prompt_tokens=prompt_tokens, max_tokens=max_tokens
             )
-            answer = None
-            if failure is None:
-                answer, failure = _read_completion(body, record)
-            reservation.settle(_total_tokens(record))
-            self._charge(record, headers)
-            if failure is not None:
-                record.error_kind, record.error = failure.error_kind, failure.message
-                record.retry_after_s = failure.retry_after_s
-            return record, answer, failure
+            if cost_estimate is None:
+                assert self._control.stop_error is not None
+                return None, None, _skipped(self._control.stop_error)
+            try:
+                return await self._send(
+                    row_id,
+                    tier=tier,
+                    model=model,
+                    attempt=attempt,
+                    messages=messages,
+                    params=params,
+                    reservation=reservation,
+                )
+            finally:
+                # Also when cancelled mid-call (an interrupt): the estimate leaves the books.
+                self._budget.release(cost_estimate)
+
+    async def _send(
+        self,
+        row_id: object,
+        *,
+        tier: int,
+        model: str,
+        attempt: int,
+        messages: list[Message],
+        params: dict[str, Any],
+        reservation: TokenReservation,
+    ) -> tuple[CallRecord, str | None, CallFailure | None]:
+        started_at = datetime.now(UTC)
+        t0 = time.perf_counter()
+        try:
+            raw = await self._client.chat.completions.with_raw_response.create(
+                model=model,
+                messages=messages,  # type: ignore[arg-type]
+                **params,
+            )
+            body: Any = raw.http_response.json()
+            headers: Mapping[str, str] = raw.headers
+            status_code: int | None = raw.http_response.status_code
+            failure: CallFailure | None = None
+        except openai.APIError as exc:
+            body, failure = None, classify_exception(exc)
+            response = getattr(exc, "response", None)
+            headers = response.headers if response is not None else {}
+            status_code = response.status_code if response is not None else None
+        except ValueError as exc:  # a 2xx whose body is not JSON at all
+            body, headers, status_code = None, {}, None
+            failure = CallFailure(FailureKind.RETRYABLE, "bad_response", _one_line(str(exc)))
+        latency = time.perf_counter() - t0
+
+        record = CallRecord(
+            row_id=row_id,
+            tier=tier,
+            model=model,
+            attempt=attempt,
+            started_at=started_at,
+            latency_s=latency,
+            status_code=status_code,
+            request_id=headers.get("x-request-id"),
+        )
+        answer = None
+        if failure is None:
+            answer, failure = _read_completion(body, record)
+        reservation.settle(_total_tokens(record))
+        self._charge(record, headers)
+        if failure is not None:
+            record.error_kind, record.error = failure.error_kind, failure.message
+            record.retry_after_s = failure.retry_after_s
+        return record, answer, failure
 
     def _charge(self, record: CallRecord, headers: Mapping[str, str]) -> None:
         """The provider's charge header when sent, else the price table times usage."""
@@ -202,8 +278,10 @@ class Caller:
         balance = _float_header(headers, self._balance_header)
         record.balance_usd = balance
         self._control.note_balance(balance)
+        self._budget.note_balance(balance)
         if charged is not None:
             record.charge_usd, record.cost_source = charged, HEADER
+            self._budget.add_spend(record.model, charged)
             return
         prices = self._job.model(record.model).usd_per_mtok
         if prices is not None and record.prompt_tokens is not None:
@@ -212,6 +290,7 @@ class Caller:
                 + (record.completion_tokens or 0) * prices.output
             ) / 1_000_000
             record.cost_source = PRICE_TABLE
+            self._budget.add_spend(record.model, record.charge_usd)
         else:
             record.cost_source = UNKNOWN
 
@@ -233,6 +312,26 @@ def _read_completion(body: Any, record: CallRecord) -> tuple[str | None, CallFai
     return content, None
 
 
+def _skipped(reason: RunStopped) -> CallFailure:
+    tag = "budget" if isinstance(reason, BudgetReached) else type(reason).__name__.lower()
+    return CallFailure(FailureKind.SKIP, tag, str(reason))
+
+
+def _to_store(key: bytes, record: CallRecord, answer: str, run_id: str) -> StoredCall:
+    return StoredCall(
+        key=key,
+        model=record.model,
+        answer=answer,
+        prompt_tokens=record.prompt_tokens,
+        completion_tokens=record.completion_tokens,
+        charge_usd=record.charge_usd,
+        cost_source=record.cost_source,
+        latency_s=record.latency_s,
+        request_id=record.request_id,
+        run_id=run_id,
+    )
+
+
 def _total_tokens(record: CallRecord) -> int | None:
     if record.prompt_tokens is None:
         return None
@@ -252,7 +351,7 @@ def _float_header(headers: Mapping[str, str], name: str) -> float | None:
 def _stop_error(failure: CallFailure, job: Job) -> RunStopped:
     where = job.endpoint.base_url
     if failure.status_code == 402:
-        return RunStopped(f"{where} answered 402 (out of credit): {failure.message}")
+        return BudgetReached(f"{where} answered 402 (out of credit): {failure.message}")
     key = job.endpoint.api_key_env or "no key variable"
     return AuthRejected(
         f"{where} rejected the credentials ({failure.status_code}); check the key in {key}"

@@ -24,7 +24,34 @@ def _parser() -> argparse.ArgumentParser:
         "run", help="run a job file", description="Run a job: route every row, write Parquet."
     )
     run.add_argument("job", type=Path, help="the job file (TOML)")
-    run.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    run.add_argument(
+        "--force",
+        action="store_true",
+        help="replace outputs written by a different job (a rerun of the same job replaces"
+        " its own outputs without it)",
+    )
+    cache = run.add_mutually_exclusive_group()
+    cache.add_argument(
+        "--no-cache",
+        dest="cache",
+        action="store_const",
+        const="off",
+        default="use",
+        help="make every call anew (answers are still stored for later runs)",
+    )
+    cache.add_argument(
+        "--offline",
+        dest="cache",
+        action="store_const",
+        const="offline",
+        help="answer only from the store; rows that need a new call are skipped (free what-if)",
+    )
+    run.add_argument(
+        "--retry-failed",
+        type=Path,
+        metavar="RESULTS",
+        help="rerun only the rows that failed or were skipped in this earlier results file",
+    )
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     run.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
 
@@ -49,7 +76,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"batchroute: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("batchroute: interrupted; outputs were not replaced", file=sys.stderr)
+        print(
+            "batchroute: interrupted; earlier outputs were not replaced, finished calls are in"
+            " the store: run the same command to resume",
+            file=sys.stderr,
+        )
         return EXIT_INTERRUPTED
     except Exception as exc:  # an internal error: short by default, in full with --debug
         if getattr(args, "debug", False):
@@ -63,13 +94,28 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from batchroute.job import load_job
+    from batchroute.preflight import RunOptions
     from batchroute.runner import run
 
     job = load_job(args.job)
-    report = run(job, overwrite=args.overwrite, quiet=args.quiet)
+    options = RunOptions(
+        force=args.force,
+        quiet=args.quiet,
+        cache=args.cache,
+        retry_failed=args.retry_failed,
+        handle_signals=True,
+    )
+    report = run(job, options)
+    if report.resumed:
+        print(f"resumed run {report.run_id}: stored answers were reused, not paid again")
     print(report.summary_line)
     print(f"results: {report.results_path}  calls: {report.calls_path}")
     if report.stop_error is not None:
         print(f"batchroute: stopped: {report.stop_error}", file=sys.stderr)
+        print(
+            f"batchroute: finished rows are written; run `batchroute run {args.job}` again to"
+            " resume without paying twice",
+            file=sys.stderr,
+        )
         return report.stop_error.exit_code
     return 0

@@ -5,8 +5,12 @@
     │   ├── ConfigError         the job file: names the file and the key
     │   ├── DatasetError        the input data: names the file and the column or row
     │   └── OutputError         the output paths: names the file
-    └── RunStopped              the run stopped dispatching rows part way (finished rows are kept)
-        └── AuthRejected        the endpoint answered 401/403: no later call can succeed (exit 4)
+    └── RunStopped              the run stopped starting calls part way (finished rows are kept,
+        │                       the rest are `skipped`; exit 3)
+        ├── BudgetReached       the next call could take spend past `run.budget_usd`, or the
+        │                       balance fell below `run.min_balance_usd`, or a 402 (exit 3)
+        ├── AuthRejected        the endpoint answered 401/403: no later call can succeed (exit 4)
+        └── Interrupted         Ctrl-C or SIGTERM (exit 130)
 
 A call's own failure is not an exception that travels: `caller.py` classifies the SDK's
 exceptions once, into a `CallFailure` with a `FailureKind`, and the row that made the call
@@ -50,10 +54,20 @@ class RunStopped(BatchrouteError):
     exit_code = 3
 
 
+class BudgetReached(RunStopped):
+    """Money ran out: the run's budget, the provider's balance floor, or a 402."""
+
+
 class AuthRejected(RunStopped):
     """The endpoint rejected the credentials; the message never contains the key."""
 
     exit_code = 4
+
+
+class Interrupted(RunStopped):
+    """The user interrupted the run (SIGINT or SIGTERM)."""
+
+    exit_code = 130
 
 
 class FailureKind(enum.StrEnum):
@@ -62,7 +76,8 @@ class FailureKind(enum.StrEnum):
     RETRYABLE = "retryable"  # timeout, connection error, 408, 409, 429, 5xx: try again later
     FALLBACK = "fallback"  # the model cannot serve this request: try the next model at once
     ROW = "row"  # the request itself is wrong (400): no model will accept it
-    FATAL = "fatal"  # 401/403: stop the whole run
+    FATAL = "fatal"  # 401/403, 402: stop the whole run
+    SKIP = "skip"  # the call was not made: the run is stopping, or offline without an answer
 
 
 @dataclass(frozen=True, slots=True)

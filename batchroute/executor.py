@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from batchroute.caller import Caller
+from batchroute.errors import FailureKind
 from batchroute.job import Job
 from batchroute.prompts import BadRowInput, build_messages
 from batchroute.records import FAILED, SKIPPED, RowResult
@@ -41,8 +42,11 @@ class Executor:
             )
             result.calls.extend(outcome.records)
             if outcome.failure is not None:
-                stopped = outcome.failure.error_kind == "stopped" and not outcome.records
-                result.status = SKIPPED if stopped and tier == 0 else FAILED
+                # A call that was never made (the run is stopping, or offline without a stored
+                # answer) leaves the row skipped, so `--retry-failed` picks it up; an earlier
+                # tier's answer, if any, is kept.
+                skipped = outcome.failure.kind is FailureKind.SKIP
+                result.status = SKIPPED if skipped else FAILED
                 result.error = f"{outcome.failure.error_kind}: {outcome.failure.message}"
                 return result
             result.answer, result.model = outcome.answer, outcome.model

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import tomllib
 from pathlib import Path
@@ -159,6 +161,13 @@ class RunConfig(_Section):
     backoff_base_s: Annotated[float, Field(ge=0)] = 0.5
     backoff_max_s: Annotated[float, Field(gt=0)] = 30.0
     default_max_tokens: Annotated[int, Field(gt=0)] = 512  # for token budgets when unset
+    budget_usd: Annotated[float, Field(gt=0)] | None = None
+    min_balance_usd: Annotated[float, Field(ge=0)] | None = None
+    grace_s: Annotated[float, Field(ge=0)] = 10.0  # for calls in flight after an interrupt
+
+
+class StoreConfig(_Section):
+    path: Path | None = None  # default: .batchroute/store.sqlite beside the job file
 
 
 class Job(_Section):
@@ -171,6 +180,7 @@ class Job(_Section):
     params: Params = Params()
     check: CheckConfig | None = None
     run: RunConfig = RunConfig()
+    store: StoreConfig = StoreConfig()
     source: Annotated[Path | None, Field(exclude=True)] = None
 
     @model_validator(mode="after")
@@ -190,6 +200,21 @@ class Job(_Section):
     def settings(self) -> dict[str, Any]:
         """The job as plain data for output metadata: names of secrets, never their values."""
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+    def key(self) -> str:
+        """Identifies the job across runs: the same settings, the same key (resume)."""
+        canonical = json.dumps(self.settings(), sort_keys=True, separators=(",", ":"))
+        return hashlib.blake2b(canonical.encode(), digest_size=12).hexdigest()
+
+    def endpoint_identity(self) -> str:
+        """What a stored answer's endpoint is: the URL, or the simulator's settings, since
+        an embedded simulator gets a new port every run but gives the same answers."""
+        if not self.endpoint.embedded:
+            return self.endpoint.base_url.rstrip("/")
+        sim = self.simulator
+        models = sim.models.read_bytes() if sim.models is not None else b"default"
+        digest = hashlib.blake2b(models, digest_size=8).hexdigest()
+        return f"embedded:seed={sim.seed}:models={digest}"
 
 
 def load_job(path: Path | str) -> Job:
@@ -230,11 +255,13 @@ def _anchor_paths(job: Job, *, base: Path, source: Path) -> Job:
     if job.output.calls is not None:
         updates_out["calls"] = anchored(job.output.calls)
     sim = job.simulator
+    store_path = anchored(job.store.path) or base / ".batchroute" / "store.sqlite"
     return job.model_copy(
         update={
             "input": job.input.model_copy(update=updates_in),
             "output": job.output.model_copy(update=updates_out),
             "simulator": sim.model_copy(update={"models": anchored(sim.models)}),
+            "store": job.store.model_copy(update={"path": store_path}),
             "source": source,
         }
     )

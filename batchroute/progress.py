@@ -9,7 +9,9 @@ from typing import Any
 
 from tqdm import tqdm
 
+from batchroute.job import Job
 from batchroute.records import FAILED, OK, SKIPPED, RowResult
+from batchroute.router import Plan, Router
 
 
 @dataclass(slots=True)
@@ -27,6 +29,7 @@ class RunStats:
     fallback: int = 0
     calls: int = 0
     cost_usd: float = 0.0
+    cached_usd: float = 0.0  # the original charges of answers taken from the store
     # What the same rows would have cost on the plans' top tier; None when it cannot be known.
     top_tier_cost_usd: float | None = 0.0
     top_tier: str | None = None
@@ -42,6 +45,7 @@ class RunStats:
         self.fallback += result.fallback_used
         self.calls += len(result.calls)
         self.cost_usd += result.cost_usd
+        self.cached_usd += sum(c.charge_usd or 0.0 for c in result.calls if c.cached)
         if self.top_tier_cost_usd is not None and result.status != SKIPPED:
             if top_tier_cost is None:
                 self.top_tier_cost_usd = None
@@ -64,6 +68,8 @@ class RunStats:
             "escalation_rate": self.escalated / ran if ran else 0.0,
             "fallback_rate": self.fallback / ran if ran else 0.0,
             "cost_usd": self.cost_usd,
+            "new_spend_usd": self.cost_usd - self.cached_usd,
+            "cached_usd": self.cached_usd,
             "cost_per_row_usd": self.cost_usd / ran if ran else 0.0,
             "top_tier": self.top_tier,
             "top_tier_cost_usd": self.top_tier_cost_usd,
@@ -81,7 +87,13 @@ class RunStats:
             + (f", {self.skipped} skipped" if self.skipped else ""),
             f"escalated {d['escalation_rate']:.1%}",
             f"${d['cost_per_row_usd'] * 1000:.4f} per 1k rows",
-            f"total ${self.cost_usd:.4f}",
+            f"total ${self.cost_usd:.4f}"
+            + (
+                f" (new spend ${self.cost_usd - self.cached_usd:.4f},"
+                f" cached ${self.cached_usd:.4f})"
+                if self.cached_usd
+                else ""
+            ),
         ]
         if self.top_tier is not None and self.top_tier_cost_usd and ran:
             saving = 1 - self.cost_usd / self.top_tier_cost_usd
@@ -131,3 +143,28 @@ class ProgressBar:
         if self._bar is not None:
             self._set_postfix()  # the final figures, not those of the last half second
             self._bar.close()
+
+
+def top_tier_of(router: Router) -> str | None:
+    """The model every row would go to in the "all on the best model" baseline."""
+    tops = {plan.tiers[-1] for plan in router.plans()}
+    if len(tops) != 1 or all(not plan.is_cascade for plan in router.plans()):
+        return None
+    return tops.pop()
+
+
+def top_tier_cost(result: RowResult, plan: Plan, job: Job, top: str | None) -> float | None:
+    """The row's cost had it gone straight to the top tier: paid if it did, else priced."""
+    if top is None:
+        return None
+    for call in result.calls:
+        if call.model == top and call.ok and call.charge_usd is not None:
+            return call.charge_usd
+    prices = job.model(top).usd_per_mtok
+    if prices is None:
+        return None
+    for call in result.calls:
+        if call.ok and call.prompt_tokens is not None:
+            tokens_in, tokens_out = call.prompt_tokens, call.completion_tokens or 0
+            return (tokens_in * prices.input + tokens_out * prices.output) / 1_000_000
+    return 0.0

@@ -73,14 +73,6 @@ class ParquetSink:
         self._tmp.unlink(missing_ok=True)
 
 
-def check_writable(path: Path, *, overwrite: bool) -> None:
-    """Refuse to start a run whose output would silently replace an earlier one."""
-    if path.exists() and not overwrite:
-        raise OutputError(f"{path}: output exists; pass --overwrite to replace it")
-    if path.exists() and path.is_dir():
-        raise OutputError(f"{path}: output path is a directory")
-
-
 def read_metadata(path: Path | str) -> dict[str, Any]:
     """The batchroute metadata of an output file: run id, version, job settings, summary."""
     raw = pq.read_metadata(path).metadata or {}

@@ -1,0 +1,234 @@
+"""The call store: one SQLite file (WAL) of finished calls, for resume and for a cross-run cache.
+
+A call is keyed by a hash of everything that changes its answer: the endpoint's identity, the
+model, the messages and the request parameters. Only answered calls are kept for reuse; a
+failed call is not an answer. Each stored call names the run that paid for it, so a later run
+can tell its own calls (resume: not cached) from another run's (cache: `cached = true`).
+
+Reads are point lookups on the primary key; writes go through one writer task that commits
+in groups from a worker thread, so the event loop never waits on the disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from batchroute.errors import ConfigError
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY, job_key TEXT NOT NULL, started_at REAL NOT NULL,
+    finished_at REAL
+);
+CREATE INDEX IF NOT EXISTS runs_by_job ON runs (job_key, finished_at);
+CREATE TABLE IF NOT EXISTS calls (
+    key BLOB PRIMARY KEY, model TEXT NOT NULL, answer TEXT NOT NULL,
+    prompt_tokens INTEGER, completion_tokens INTEGER, charge_usd REAL, cost_source TEXT,
+    latency_s REAL, request_id TEXT, run_id TEXT NOT NULL, created_at REAL NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredCall:
+    """A finished, answered call as the store keeps it."""
+
+    key: bytes
+    model: str
+    answer: str
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    charge_usd: float | None
+    cost_source: str | None
+    latency_s: float
+    request_id: str | None
+    run_id: str
+
+
+def request_key(endpoint: str, model: str, messages: list[Any], params: dict[str, Any]) -> bytes:
+    """A stable hash of a request: equal requests, equal keys, whatever the dict order."""
+    canonical = json.dumps(
+        [endpoint, model, messages, params],
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+    return hashlib.blake2b(canonical.encode(), digest_size=20).digest()
+
+
+class CallStore:
+    """The SQLite file. Methods are blocking: run them in a worker thread."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # The writer thread and the reader thread differ; SQLite serialises them itself.
+            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            # NORMAL in WAL mode survives a killed process (not a power cut) and costs no fsync
+            # per commit; a power cut loses at most the last commits, which are then re-paid.
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+            self._check_version()
+        except sqlite3.DatabaseError as exc:
+            raise ConfigError(f"{path}: not a usable batchroute store: {exc}") from None
+        self.empty = self._db.execute("SELECT 1 FROM calls LIMIT 1").fetchone() is None
+
+    def _check_version(self) -> None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        if row is None:
+            self._db.execute(
+                "INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+            )
+        elif row[0] != str(SCHEMA_VERSION):
+            raise ConfigError(
+                f"{self.path}: store has schema version {row[0]}, this batchroute reads"
+                f" {SCHEMA_VERSION}; move the file away or point [store] path elsewhere"
+            )
+
+    def open_run(self, job_key: str, *, new_run_id: str, reopen: str | None = None) -> str:
+        """The run id to use: `reopen` if given (retrying an earlier run's failed rows), else
+        an unfinished run of the same job (resume), else a new one."""
+        if reopen is not None:
+            self._db.execute(
+                "INSERT INTO runs VALUES (?, ?, ?, NULL) ON CONFLICT (run_id)"
+                " DO UPDATE SET finished_at = NULL",
+                (reopen, job_key, time.time()),
+            )
+            return reopen
+        row = self._db.execute(
+            "SELECT run_id FROM runs WHERE job_key = ? AND finished_at IS NULL"
+            " ORDER BY started_at DESC LIMIT 1",
+            (job_key,),
+        ).fetchone()
+        if row is not None:
+            return str(row[0])
+        self._db.execute(
+            "INSERT INTO runs VALUES (?, ?, ?, NULL)", (new_run_id, job_key, time.time())
+        )
+        return new_run_id
+
+    def finish_run(self, run_id: str) -> None:
+        self._db.execute("UPDATE runs SET finished_at = ? WHERE run_id = ?", (time.time(), run_id))
+
+    def lookup(self, key: bytes) -> StoredCall | None:
+        row = self._db.execute(
+            "SELECT key, model, answer, prompt_tokens, completion_tokens, charge_usd,"
+            " cost_source, latency_s, request_id, run_id FROM calls WHERE key = ?",
+            (key,),
+        ).fetchone()
+        return StoredCall(*row) if row is not None else None
+
+    def put_many(self, calls: list[StoredCall]) -> None:
+        now = time.time()
+        with self._db:
+            self._db.execute("BEGIN")
+            self._db.executemany(
+                "INSERT OR REPLACE INTO calls VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        c.key,
+                        c.model,
+                        c.answer,
+                        c.prompt_tokens,
+                        c.completion_tokens,
+                        c.charge_usd,
+                        c.cost_source,
+                        c.latency_s,
+                        c.request_id,
+                        c.run_id,
+                        now,
+                    )
+                    for c in calls
+                ],
+            )
+
+    def close(self) -> None:
+        self._db.close()
+
+
+class StoreWriter:
+    """Queues finished calls and commits them in groups, off the event loop.
+
+    A group is whatever arrived while the previous commit ran, so under load commits are
+    large and rare, and when idle a call is committed milliseconds after it finished.
+    """
+
+    def __init__(self, store: CallStore) -> None:
+        self._store = store
+        self._send: MemoryObjectSendStream[StoredCall]
+        self._receive: MemoryObjectReceiveStream[StoredCall]
+        self._send, self._receive = anyio.create_memory_object_stream[StoredCall](10_000)
+
+    async def put(self, call: StoredCall) -> None:
+        await self._send.send(call)
+
+    def close(self) -> None:
+        """No more calls: `run` commits what is queued and returns."""
+        self._send.close()
+
+    async def run(self) -> None:
+        async with self._receive:
+            async for first in self._receive:
+                group = [first]
+                while True:
+                    try:
+                        group.append(self._receive.receive_nowait())
+                    except (anyio.WouldBlock, anyio.EndOfStream):
+                        break
+                await anyio.to_thread.run_sync(self._store.put_many, group)
+
+
+class CallCache:
+    """What the Caller sees of the store: find a stored answer, remember a new one.
+
+    `mode` is "use" (read and write), "off" (`--no-cache`: write only, so later runs still
+    benefit) or "offline" (`--offline`: read only; a call not in the store is not made).
+    """
+
+    def __init__(
+        self,
+        store: CallStore | None,
+        writer: StoreWriter | None,
+        *,
+        run_id: str,
+        endpoint: str,
+        mode: str = "use",
+    ) -> None:
+        self._store = store
+        self._writer = writer
+        self.run_id = run_id
+        self._endpoint = endpoint
+        self.mode = mode
+        # A store that was empty at the start can only hold this run's own calls, which the
+        # row that made them already has: skip the lookups, and their thread hops.
+        self.reads = store is not None and mode != "off" and (not store.empty or mode == "offline")
+
+    @property
+    def offline(self) -> bool:
+        return self.mode == "offline"
+
+    def key(self, model: str, messages: list[Any], params: dict[str, Any]) -> bytes:
+        return request_key(self._endpoint, model, messages, params)
+
+    async def find(self, key: bytes) -> StoredCall | None:
+        if not self.reads or self._store is None:
+            return None
+        return await anyio.to_thread.run_sync(self._store.lookup, key)
+
+    async def remember(self, call: StoredCall) -> None:
+        if self._writer is not None and self.mode != "offline":
+            await self._writer.put(call)
