@@ -55,6 +55,27 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     run.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
 
+    estimate = commands.add_parser(
+        "estimate",
+        help="estimate tokens, dollars and duration before spending",
+        description="Estimate a job's tokens, dollars (price table) and duration (rate limits)"
+        " without calling the endpoint; with --sample N, run N rows for real and extrapolate.",
+    )
+    estimate.add_argument("job", type=Path, help="the job file (TOML)")
+    estimate.add_argument(
+        "--escalation",
+        type=float,
+        default=0.3,
+        metavar="RATE",
+        help="share of rows assumed to go past each cascade tier (default 0.3)",
+    )
+    estimate.add_argument(
+        "--sample",
+        type=int,
+        metavar="N",
+        help="run the first N rows for real and extrapolate with 95%% intervals",
+    )
+
     commands.add_parser(
         "sim",
         help="serve the simulated provider on 127.0.0.1 (see `batchroute sim --help`)",
@@ -71,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         return sim_main(args_list[1:])
     args = _parser().parse_args(args_list)
     try:
-        return _run(args)
+        return _estimate(args) if args.command == "estimate" else _run(args)
     except BatchrouteError as exc:
         print(f"batchroute: error: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -118,4 +139,21 @@ def _run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return report.stop_error.exit_code
+    return 0
+
+
+def _estimate(args: argparse.Namespace) -> int:
+    from batchroute.errors import ConfigError
+    from batchroute.estimate import estimate, format_estimate, format_sample, sample
+    from batchroute.job import load_job
+
+    job = load_job(args.job)
+    if not 0 <= args.escalation <= 1:
+        raise ConfigError(f"--escalation {args.escalation}: a share between 0 and 1")
+    rows, tiers = estimate(job, escalation_rate=args.escalation)
+    print(format_estimate(job, rows, tiers, rate=args.escalation))
+    if args.sample:
+        if args.sample < 1:
+            raise ConfigError(f"--sample {args.sample}: a number of rows, at least 1")
+        print(format_sample(sample(job, rows=args.sample)))
     return 0

@@ -28,8 +28,11 @@ class Batch:
 class Dataset:
     """An input file opened for streaming; nothing but the schema and row count is read here."""
 
-    def __init__(self, path: Path, *, id_column: str | None, batch_rows: int) -> None:
+    def __init__(
+        self, path: Path, *, id_column: str | None, batch_rows: int, limit_rows: int | None = None
+    ) -> None:
         self.path = path
+        self.limit_rows = limit_rows
         self.id_column = id_column
         self.batch_rows = batch_rows
         suffix = path.suffix.lower()
@@ -47,6 +50,8 @@ class Dataset:
                 self.num_rows = pl.scan_csv(path).select(pl.len()).collect().item()
         except (OSError, pl.exceptions.PolarsError, pa.ArrowException) as exc:
             raise DatasetError(f"{path}: cannot read the input: {_one_line(exc)}") from None
+        if limit_rows is not None:
+            self.num_rows = min(self.num_rows, limit_rows)
         if id_column is not None and id_column not in self.schema:
             raise DatasetError(f"{path}: id column {id_column!r} is not in the dataset")
 
@@ -71,6 +76,12 @@ class Dataset:
         seen: set[object] = set()
         start = 0
         for record_batch in self._record_batches():
+            if start >= self.num_rows:
+                return
+            if start + record_batch.num_rows > self.num_rows:  # only under limit_rows
+                record_batch = record_batch.slice(0, self.num_rows - start)
+            if self.format == "csv":
+                _require_utf8(record_batch, path=self.path, start=start)
             frame = pl.from_arrow(record_batch)
             assert isinstance(frame, pl.DataFrame)
             if self.id_column is None:
@@ -105,6 +116,22 @@ class Dataset:
                             yield record_batch.slice(offset, self.batch_rows)
         except (OSError, pa.ArrowException) as exc:
             raise DatasetError(f"{self.path}: cannot read the input: {_one_line(exc)}") from None
+
+
+def _require_utf8(batch: pa.RecordBatch, *, path: Path, start: int) -> None:
+    """pyarrow reads text that is not UTF-8 as bytes; name the first bad cell instead."""
+    for field, column in zip(batch.schema, batch.columns, strict=True):
+        if not (pa.types.is_binary(field.type) or pa.types.is_large_binary(field.type)):
+            continue
+        for offset, value in enumerate(column.to_pylist()):
+            try:
+                if value is not None:
+                    value.decode("utf-8")
+            except UnicodeDecodeError:
+                raise DatasetError(
+                    f"{path}: row {start + offset}: column {field.name!r} is not valid UTF-8;"
+                    " save the file as UTF-8"
+                ) from None
 
 
 def _one_line(exc: BaseException) -> str:

@@ -31,6 +31,7 @@ class RunOptions:
     cache: CacheMode = "use"
     retry_failed: Path | None = None  # an earlier results file whose failed rows to rerun
     handle_signals: bool = False  # only in the main thread of a CLI process
+    limit_rows: int | None = None  # only the first rows (estimate --sample)
 
 
 @dataclass(slots=True)
@@ -46,7 +47,12 @@ class Prepared:
 
 def prepare(job: Job, options: RunOptions) -> Prepared:
     """Validate job, data and paths; open the store and decide the run id. Blocking."""
-    dataset = Dataset(job.input.path, id_column=job.input.id, batch_rows=job.input.batch_rows)
+    dataset = Dataset(
+        job.input.path,
+        id_column=job.input.id,
+        batch_rows=job.input.batch_rows,
+        limit_rows=options.limit_rows,
+    )
     _check_columns(job, dataset)
     router = build_router(job)
     job_key = job.key()

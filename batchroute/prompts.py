@@ -60,7 +60,10 @@ class PromptTemplate:
                 value = row[column]
                 if value is None:
                     raise BadRowInput(f"column {column!r} is null")
-                out.append(value if isinstance(value, str) else str(value))
+                text = value if isinstance(value, str) else str(value)
+                if not text.strip():
+                    raise BadRowInput(f"column {column!r} is empty")
+                out.append(text)
         return "".join(out)
 
 

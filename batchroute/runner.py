@@ -20,7 +20,7 @@ from batchroute.budget import Budget
 from batchroute.caller import Caller
 from batchroute.control import RunControl
 from batchroute.dataset import Batch
-from batchroute.errors import Interrupted, RunStopped
+from batchroute.errors import BatchrouteError, Interrupted, RunStopped
 from batchroute.executor import Executor
 from batchroute.interrupts import watch_signals
 from batchroute.job import Job
@@ -64,9 +64,24 @@ async def arun(job: Job, options: RunOptions | None = None) -> RunReport:
             if job.endpoint.embedded:
                 base_url = await anyio.to_thread.run_sync(_start_simulator, job, stack)
             return await _Run(job, prep, options).execute(base_url)
+    except BaseExceptionGroup as group:
+        # A task group wraps what its tasks raised; our own errors (bad data met mid-stream,
+        # an interrupt) must reach the caller as themselves, to become one-line messages.
+        raise _ours(group) or group from None
     finally:
         prep.store.close()
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _ours(group: BaseExceptionGroup) -> BatchrouteError | None:
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            found = _ours(exc)
+            if found is not None:
+                return found
+        elif isinstance(exc, BatchrouteError):
+            return exc
+    return None
 
 
 def run(job: Job, options: RunOptions | None = None) -> RunReport:
