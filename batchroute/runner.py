@@ -261,7 +261,6 @@ class _Run:
         )
         slots_send, slots_recv = anyio.create_memory_object_stream[_BatchSlot](window)
         top = stats.top_tier
-        result_cols = list(self.result_cols)
 
         async def produce() -> None:
             async with rows_send, slots_send:
@@ -292,13 +291,10 @@ class _Run:
             async with slots_recv:
                 async for slot in slots_recv:
                     await slot.done.wait()
-                    results = [r for r in slot.results if r is not None]
-                    frame = results_frame(results, id_dtype=self.id_dtype).select(result_cols)
-                    frame = pl.concat([slot.batch.frame, frame], how="horizontal")
-                    calls = calls_frame(self.pending_calls, id_dtype=self.id_dtype)
-                    self.pending_calls.clear()
-                    await anyio.to_thread.run_sync(results_sink.write, frame)
-                    await anyio.to_thread.run_sync(calls_sink.write, calls)
+                    calls, self.pending_calls = self.pending_calls, []
+                    await anyio.to_thread.run_sync(
+                        self._write_batch, slot, calls, results_sink, calls_sink
+                    )
                     in_flight.release()
 
         async with anyio.create_task_group() as tg:
@@ -307,6 +303,19 @@ class _Run:
             for _ in range(concurrency):
                 tg.start_soon(work, rows_recv.clone())
             rows_recv.close()
+
+    def _write_batch(
+        self,
+        slot: _BatchSlot,
+        calls: list[CallRecord],
+        results_sink: ParquetSink,
+        calls_sink: ParquetSink,
+    ) -> None:
+        """Build and write a finished batch's frames; in a worker thread, off the loop."""
+        results = [r for r in slot.results if r is not None]
+        frame = results_frame(results, id_dtype=self.id_dtype).select(list(self.result_cols))
+        results_sink.write(pl.concat([slot.batch.frame, frame], how="horizontal"))
+        calls_sink.write(calls_frame(calls, id_dtype=self.id_dtype))
 
     async def _run_row(
         self, executor: Executor, slot: _BatchSlot, index: int, plan: Plan

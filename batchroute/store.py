@@ -25,6 +25,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from batchroute.errors import ConfigError
 
 SCHEMA_VERSION = 1
+_ROWS_PER_INSERT = 500  # 11 parameters a row, well under SQLite's limit per statement
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -133,13 +134,22 @@ class CallStore:
         return StoredCall(*row) if row is not None else None
 
     def put_many(self, calls: list[StoredCall]) -> None:
+        """Insert and commit a group of calls.
+
+        One multi-row INSERT rather than executemany: sqlite3 lets go of the GIL for every
+        statement step, and while the event loop is busy each hand-back can wait a whole
+        switch interval, so a group must cost few steps to reach the disk quickly.
+        """
         now = time.time()
         with self._db:
             self._db.execute("BEGIN")
-            self._db.executemany(
-                "INSERT OR REPLACE INTO calls VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (
+            for start in range(0, len(calls), _ROWS_PER_INSERT):
+                chunk = calls[start : start + _ROWS_PER_INSERT]
+                values = ",".join(["(?,?,?,?,?,?,?,?,?,?,?)"] * len(chunk))
+                params = [
+                    value
+                    for c in chunk
+                    for value in (
                         c.key,
                         c.model,
                         c.answer,
@@ -152,9 +162,8 @@ class CallStore:
                         c.run_id,
                         now,
                     )
-                    for c in calls
-                ],
-            )
+                ]
+                self._db.execute(f"INSERT OR REPLACE INTO calls VALUES {values}", params)
 
     def close(self) -> None:
         self._db.close()
