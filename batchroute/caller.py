@@ -1,7 +1,8 @@
 """The Caller: one tier's call for one row, through rate limits, retries and fallbacks.
 
 Every HTTP attempt passes the model's limiter again and becomes a CallRecord, which is why
-the SDK's own retries are off (`max_retries=0`) and retrying happens here, in one place.
+the transports never retry (the SDK's `max_retries=0`) and retrying happens here, in one
+place; what an answer means is decided once, in `classify`.
 """
 
 from __future__ import annotations
@@ -25,6 +26,13 @@ from batchroute.prompts import Message, estimate_prompt_tokens
 from batchroute.records import HEADER, PRICE_TABLE, UNKNOWN, CallRecord
 from batchroute.retry import RetryPolicy, parse_retry_after
 from batchroute.store import CallCache, StoredCall
+from batchroute.transport import (
+    Reply,
+    Transport,
+    TransportError,
+    TransportTimeout,
+    reply_from_sdk_error,
+)
 
 # Codes that mean "this model cannot take this request, another might" rather than "the
 # request is wrong": the fallback model may have a longer context or actually exist.
@@ -42,17 +50,16 @@ class TierOutcome:
     failure: CallFailure | None = None
 
 
-def classify_exception(exc: openai.APIError) -> CallFailure:
-    """Translate an SDK exception into what to do about it. The only place that does."""
-    if isinstance(exc, openai.APITimeoutError):
-        return CallFailure(FailureKind.RETRYABLE, "timeout", "request timed out")
-    if isinstance(exc, openai.APIConnectionError):
-        return CallFailure(FailureKind.RETRYABLE, "connection", _one_line(exc.message))
-    if not isinstance(exc, openai.APIStatusError):
-        # A 2xx whose body is not a completion: a broken proxy, worth another try.
-        return CallFailure(FailureKind.RETRYABLE, "bad_response", _one_line(exc.message))
-    status = exc.status_code
-    message = _one_line(exc.message)
+def classify(reply: Reply) -> CallFailure | None:
+    """What an HTTP answer means for the call: None for a 2xx, else what to do about it.
+
+    The only place that decides; both transports' answers come through here.
+    """
+    status = reply.status
+    if 200 <= status < 300:
+        return None
+    error = reply.error
+    message = _one_line(str(error.get("message") or reply.text or f"HTTP {status}"))
     error_kind = f"http_{status}"
     if status in (401, 403):
         return CallFailure(FailureKind.FATAL, error_kind, message, status)
@@ -60,13 +67,31 @@ def classify_exception(exc: openai.APIError) -> CallFailure:
         # Out of credit: every later call would get the same answer.
         return CallFailure(FailureKind.FATAL, error_kind, message, status)
     if status in (408, 409, 429) or status >= 500:
-        # 408/409 are transient by convention (the SDK's own retry list); 429 and 5xx say
-        # "later", and when the server says how much later we honour it.
-        retry_after = parse_retry_after(exc.response.headers)
+        # 408/409 are transient by convention (the openai SDK's own retry list); 429 and 5xx
+        # say "later", and when the server says how much later we honour it.
+        retry_after = parse_retry_after(reply.headers)
         return CallFailure(FailureKind.RETRYABLE, error_kind, message, status, retry_after)
-    if status == 404 or (exc.code in _FALLBACK_ERROR_CODES):
+    if status == 404 or error.get("code") in _FALLBACK_ERROR_CODES:
         return CallFailure(FailureKind.FALLBACK, error_kind, message, status)
     return CallFailure(FailureKind.ROW, error_kind, message, status)
+
+
+def classify_transport_error(exc: TransportError) -> CallFailure:
+    """No HTTP answer: a timeout or a failed connection, both worth another try."""
+    if isinstance(exc, TransportTimeout):
+        return CallFailure(FailureKind.RETRYABLE, "timeout", "request timed out")
+    return CallFailure(FailureKind.RETRYABLE, "connection", _one_line(str(exc)))
+
+
+def classify_exception(exc: openai.APIError) -> CallFailure:
+    """What an openai SDK exception means, by the same rules as `classify`."""
+    try:
+        reply = reply_from_sdk_error(exc)
+    except TransportError as error:
+        return classify_transport_error(error)
+    return classify(reply) or CallFailure(
+        FailureKind.RETRYABLE, "bad_response", _one_line(exc.message)
+    )
 
 
 class Caller:
@@ -74,7 +99,7 @@ class Caller:
 
     def __init__(
         self,
-        client: openai.AsyncOpenAI,
+        transport: Transport,
         *,
         job: Job,
         limits: Limits,
@@ -83,7 +108,7 @@ class Caller:
         cache: CallCache,
         rng: random.Random,
     ) -> None:
-        self._client = client
+        self._transport = transport
         self._job = job
         self._limits = limits
         self._control = control
@@ -232,24 +257,14 @@ class Caller:
     ) -> tuple[CallRecord, str | None, CallFailure | None]:
         started_at = datetime.now(UTC)
         t0 = time.perf_counter()
+        reply: Reply | None = None
         try:
-            raw = await self._client.chat.completions.with_raw_response.create(
-                model=model,
-                messages=messages,  # type: ignore[arg-type]
-                **params,
-            )
-            body: Any = raw.http_response.json()
-            headers: Mapping[str, str] = raw.headers
-            status_code: int | None = raw.http_response.status_code
-            failure: CallFailure | None = None
-        except openai.APIError as exc:
-            body, failure = None, classify_exception(exc)
-            response = getattr(exc, "response", None)
-            headers = response.headers if response is not None else {}
-            status_code = response.status_code if response is not None else None
-        except ValueError as exc:  # a 2xx whose body is not JSON at all
-            body, headers, status_code = None, {}, None
-            failure = CallFailure(FailureKind.RETRYABLE, "bad_response", _one_line(str(exc)))
+            reply = await self._transport.chat({"model": model, "messages": messages, **params})
+            failure = classify(reply)
+        except TransportError as exc:
+            failure = classify_transport_error(exc)
+        headers: Mapping[str, str] = reply.headers if reply is not None else {}
+        status_code = reply.status if reply is not None else None
         latency = time.perf_counter() - t0
 
         record = CallRecord(
@@ -263,8 +278,8 @@ class Caller:
             request_id=headers.get("x-request-id"),
         )
         answer = None
-        if failure is None:
-            answer, failure = _read_completion(body, record)
+        if failure is None and reply is not None:
+            answer, failure = _read_completion(reply.body, record)
         reservation.settle(_total_tokens(record))
         self._charge(record, headers)
         if failure is not None:

@@ -65,6 +65,7 @@ class EndpointConfig(_Section):
     timeout_s: Annotated[float, Field(gt=0)] = 60.0
     charge_header: str = "X-MDB-Charged-USD"
     balance_header: str = "X-MDB-Balance-USD"
+    transport: Literal["aiohttp", "openai"] = "aiohttp"
 
     @property
     def embedded(self) -> bool:

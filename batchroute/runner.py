@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import random
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import anyio
-import openai
 import polars as pl
 from anyio.abc import ObjectReceiveStream
 
@@ -39,6 +38,7 @@ from batchroute.records import (
 from batchroute.router import Plan
 from batchroute.sink import ParquetSink
 from batchroute.store import CallCache, StoreWriter
+from batchroute.transport import Transport, open_transport
 
 
 @dataclass(slots=True)
@@ -167,14 +167,15 @@ class _Run:
             endpoint=job.endpoint_identity(),
             mode=self.options.cache,
         )
-        client = openai.AsyncOpenAI(
+        transport = open_transport(
+            job.endpoint.transport,
             base_url=base_url,
             api_key=prep.api_key,
-            max_retries=0,
-            timeout=job.endpoint.timeout_s,
+            timeout_s=job.endpoint.timeout_s,
+            connections=job.run.concurrency,
         )
         caller = Caller(
-            client,
+            transport,
             job=job,
             limits=Limits(job),
             control=self.control,
@@ -187,7 +188,7 @@ class _Run:
         try:
             await anyio.to_thread.run_sync(results_sink.open)
             await anyio.to_thread.run_sync(calls_sink.open)
-            async with client, anyio.create_task_group() as outer:
+            async with _closing(transport), anyio.create_task_group() as outer:
                 if self.options.handle_signals:
                     outer.start_soon(self._watch_signals, outer.cancel_scope)
                 async with anyio.create_task_group() as inner:
@@ -336,6 +337,14 @@ class _Run:
             status=SKIPPED,
             error="interrupted: the call in flight was cancelled",
         )
+
+
+@contextlib.asynccontextmanager
+async def _closing(transport: Transport) -> AsyncIterator[Transport]:
+    try:
+        yield transport
+    finally:
+        await transport.aclose()
 
 
 def _next_or_none(batches: Iterator[Batch]) -> Batch | None:

@@ -53,7 +53,7 @@ def batchroute_run(directory: Path, base_url: str) -> tuple[float, float]:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     subprocess.run(
-        [sys.executable, "-m", "batchroute", "run", str(job), "--overwrite", "-q"],
+        [sys.executable, "-m", "batchroute", "run", str(job), "--force", "--no-cache", "-q"],
         check=True,
         capture_output=True,
     )

@@ -83,12 +83,13 @@ def job_text(
     extra: str = "",
     input_extra: str = 'id = "task_id"\nprompt = "Label: {text}"',
     run_extra: str = "",
+    transport: str = "aiohttp",
 ) -> str:
     """A complete job file; tests pass the parts they care about."""
     return (
         f'[input]\npath = "{data}"\n{input_extra}\n\n'
         f'[output]\npath = "out/results.parquet"\n\n'
-        f'[endpoint]\nbase_url = "{base_url}"\ntimeout_s = 5\n\n'
+        f'[endpoint]\nbase_url = "{base_url}"\ntimeout_s = 5\ntransport = "{transport}"\n\n'
         f"{textwrap.dedent(models)}\n[route]\n{textwrap.dedent(route)}\n"
         f"[run]\nconcurrency = 16\nbackoff_base_s = 0.05\n{textwrap.dedent(run_extra)}\n"
         f"{textwrap.dedent(extra)}"

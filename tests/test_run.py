@@ -12,7 +12,11 @@ from helpers import job_text, run_cli, write_job, write_sim_models, write_tasks
 from batchroute import read_calls, read_metadata, read_results
 from batchroute.sim import SimulatorHandle
 
-pytestmark = pytest.mark.timeout(180)
+# Every end-to-end test runs over both transports: they must behave the same.
+pytestmark = [
+    pytest.mark.timeout(180),
+    pytest.mark.parametrize("transport", ["aiohttp", "openai"]),
+]
 
 CASCADE = 'strategy = "cascade"\ntiers = ["t/cheap", "t/strong"]\n'
 JSON_PARAMS_AND_CHECK = """
@@ -36,10 +40,14 @@ def _run(tmp_path: Path, body: str, *args: str) -> tuple[pl.DataFrame, pl.DataFr
 
 
 def test_fixed_route_answers_every_row_and_charges_match_the_ledger(
-    tmp_path: Path, fresh_sim: SimulatorHandle
+    transport: str, tmp_path: Path, fresh_sim: SimulatorHandle
 ) -> None:
     write_tasks(tmp_path, 40)
-    body = job_text(base_url=fresh_sim.base_url, route='strategy = "fixed"\nmodel = "t/strong"')
+    body = job_text(
+        transport=transport,
+        base_url=fresh_sim.base_url,
+        route='strategy = "fixed"\nmodel = "t/strong"',
+    )
     results, calls, stdout = _run(tmp_path, body)
 
     assert results.height == 40
@@ -59,10 +67,12 @@ def test_fixed_route_answers_every_row_and_charges_match_the_ledger(
 
 
 def test_cascade_escalates_exactly_the_rows_whose_cheap_answer_fails_the_check(
-    tmp_path: Path, fresh_sim: SimulatorHandle
+    transport: str, tmp_path: Path, fresh_sim: SimulatorHandle
 ) -> None:
     write_tasks(tmp_path, 60)
-    body = job_text(base_url=fresh_sim.base_url, route=CASCADE, extra=JSON_PARAMS_AND_CHECK)
+    body = job_text(
+        transport=transport, base_url=fresh_sim.base_url, route=CASCADE, extra=JSON_PARAMS_AND_CHECK
+    )
     results, calls, _ = _run(tmp_path, body)
 
     escalated = results.filter(pl.col("escalated"))
@@ -86,7 +96,7 @@ def test_cascade_escalates_exactly_the_rows_whose_cheap_answer_fails_the_check(
 
 
 def test_fallback_after_retries_and_the_calls_table_records_every_attempt(
-    tmp_path: Path, fresh_sim: SimulatorHandle
+    transport: str, tmp_path: Path, fresh_sim: SimulatorHandle
 ) -> None:
     write_tasks(tmp_path, 5)
     models = """
@@ -95,6 +105,7 @@ def test_fallback_after_retries_and_the_calls_table_records_every_attempt(
     [models."t/strong"]
     """
     body = job_text(
+        transport=transport,
         base_url=fresh_sim.base_url,
         route='strategy = "fixed"\nmodel = "t/broken"',
         models=models,
@@ -112,11 +123,12 @@ def test_fallback_after_retries_and_the_calls_table_records_every_attempt(
 
 
 def test_429_retry_after_is_honoured_and_every_row_settles(
-    tmp_path: Path, fresh_sim: SimulatorHandle
+    transport: str, tmp_path: Path, fresh_sim: SimulatorHandle
 ) -> None:
     # The simulator throttles half of all requests with a 429 and a Retry-After.
     write_tasks(tmp_path, 12)
     body = job_text(
+        transport=transport,
         base_url=fresh_sim.base_url,
         route='strategy = "fixed"\nmodel = "t/throttled"',
         run_extra="max_attempts = 12",
@@ -136,7 +148,7 @@ def test_429_retry_after_is_honoured_and_every_row_settles(
 
 
 def test_a_hang_hits_the_timeout_then_falls_back(
-    tmp_path: Path, fresh_sim: SimulatorHandle
+    transport: str, tmp_path: Path, fresh_sim: SimulatorHandle
 ) -> None:
     write_tasks(tmp_path, 3)
     models = """
@@ -145,6 +157,7 @@ def test_a_hang_hits_the_timeout_then_falls_back(
     [models."t/cheap"]
     """
     body = job_text(
+        transport=transport,
         base_url=fresh_sim.base_url,
         route='strategy = "fixed"\nmodel = "t/hangs"',
         models=models,
@@ -159,10 +172,12 @@ def test_a_hang_hits_the_timeout_then_falls_back(
 
 
 def test_outputs_have_real_types_metadata_and_balance(
-    tmp_path: Path, fresh_sim: SimulatorHandle
+    transport: str, tmp_path: Path, fresh_sim: SimulatorHandle
 ) -> None:
     write_tasks(tmp_path, 10)
-    body = job_text(base_url=fresh_sim.base_url, route=CASCADE, extra=JSON_PARAMS_AND_CHECK)
+    body = job_text(
+        transport=transport, base_url=fresh_sim.base_url, route=CASCADE, extra=JSON_PARAMS_AND_CHECK
+    )
     results, calls, _ = _run(tmp_path, body)
     schema = results.schema
     assert schema["escalated"] == pl.Boolean and schema["check_passed"] == pl.Boolean
@@ -183,10 +198,11 @@ def test_outputs_have_real_types_metadata_and_balance(
 
 
 def test_csv_input_without_id_column_uses_the_row_index(
-    tmp_path: Path, fresh_sim: SimulatorHandle
+    transport: str, tmp_path: Path, fresh_sim: SimulatorHandle
 ) -> None:
     write_tasks(tmp_path, 7, name="tasks.csv", with_id=False)
     body = job_text(
+        transport=transport,
         base_url=fresh_sim.base_url,
         data="tasks.csv",
         route='strategy = "fixed"\nmodel = "t/cheap"',
@@ -198,11 +214,12 @@ def test_csv_input_without_id_column_uses_the_row_index(
 
 
 def test_messages_column_and_a_bad_row_failing_alone(
-    tmp_path: Path, fresh_sim: SimulatorHandle
+    transport: str, tmp_path: Path, fresh_sim: SimulatorHandle
 ) -> None:
     good = json.dumps([{"role": "user", "content": "Label this: refund please"}])
     pl.DataFrame({"chat": [good, "not json", good]}).write_parquet(tmp_path / "chats.parquet")
     body = job_text(
+        transport=transport,
         base_url=fresh_sim.base_url,
         data="chats.parquet",
         input_extra='messages = "chat"',
@@ -214,12 +231,16 @@ def test_messages_column_and_a_bad_row_failing_alone(
     assert calls.height == 2
 
 
-def test_rejected_key_stops_the_run_without_leaking_it(tmp_path: Path) -> None:
+def test_rejected_key_stops_the_run_without_leaking_it(transport: str, tmp_path: Path) -> None:
     from batchroute.sim import running_simulator
 
     write_tasks(tmp_path, 30)
     with running_simulator(models=write_sim_models(tmp_path), api_key="right-key") as sim:
-        body = job_text(base_url=sim.base_url, route='strategy = "fixed"\nmodel = "t/cheap"')
+        body = job_text(
+            transport=transport,
+            base_url=sim.base_url,
+            route='strategy = "fixed"\nmodel = "t/cheap"',
+        )
         body = body.replace("timeout_s = 5", 'timeout_s = 5\napi_key_env = "TEST_SECRET_KEY"')
         job = write_job(tmp_path, body)
         done = run_cli("run", job, env={"TEST_SECRET_KEY": "sk-wrong-secret-123"})
@@ -233,12 +254,16 @@ def test_rejected_key_stops_the_run_without_leaking_it(tmp_path: Path) -> None:
     assert "sk-wrong-secret-123" not in done.stdout + done.stderr
 
 
-def test_an_exhausted_balance_stops_the_run(tmp_path: Path) -> None:
+def test_an_exhausted_balance_stops_the_run(transport: str, tmp_path: Path) -> None:
     from batchroute.sim import running_simulator
 
     write_tasks(tmp_path, 200)
     with running_simulator(models=write_sim_models(tmp_path), balance=0.0005) as sim:
-        body = job_text(base_url=sim.base_url, route='strategy = "fixed"\nmodel = "t/strong"')
+        body = job_text(
+            transport=transport,
+            base_url=sim.base_url,
+            route='strategy = "fixed"\nmodel = "t/strong"',
+        )
         done = run_cli("run", write_job(tmp_path, body))
         ledger = sim.ledger()
     assert done.returncode == 3 and "402" in done.stderr
@@ -249,20 +274,25 @@ def test_an_exhausted_balance_stops_the_run(tmp_path: Path) -> None:
     assert results["cost_usd"].sum() == pytest.approx(ledger["total_charged_usd"], abs=1e-9)
 
 
-def test_embedded_simulator_runs_without_any_server(tmp_path: Path) -> None:
+def test_embedded_simulator_runs_without_any_server(transport: str, tmp_path: Path) -> None:
     write_tasks(tmp_path, 12)
-    body = job_text(base_url="embedded", route='strategy = "fixed"\nmodel = "openai/gpt-4o-mini"')
+    body = job_text(
+        transport=transport,
+        base_url="embedded",
+        route='strategy = "fixed"\nmodel = "openai/gpt-4o-mini"',
+    )
     results, calls, _ = _run(tmp_path, body)
     assert set(results["status"]) == {"ok"} and set(calls["cost_source"]) == {"header"}
 
 
 def test_price_table_prices_calls_when_no_charge_header_arrives(
-    tmp_path: Path, fresh_sim: SimulatorHandle
+    transport: str, tmp_path: Path, fresh_sim: SimulatorHandle
 ) -> None:
     # Reading a header name the simulator never sends is a provider without charge headers.
     write_tasks(tmp_path, 5)
     models = '[models."t/cheap"]\nusd_per_mtok = { input = 1000.0, output = 2000.0 }\n'
     body = job_text(
+        transport=transport,
         base_url=fresh_sim.base_url,
         route='strategy = "fixed"\nmodel = "t/cheap"',
         models=models,

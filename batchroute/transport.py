@@ -1,0 +1,163 @@
+"""The HTTP layer under the Caller: send a request, get back status, headers and JSON body.
+
+    TransportError           the request got no HTTP answer at all
+    ├── TransportTimeout     no answer within `endpoint.timeout_s`
+    └── TransportConnection  the connection failed: refused, reset, closed mid-answer
+
+An HTTP answer, whatever its status, is a `Reply`; deciding what a status means is the
+Caller's job (`caller.classify`), done once for both transports:
+
+- `aiohttp` (the default) posts the JSON itself. Per call it costs a fraction of the SDK's
+  request path, which re-validates and transforms every argument and is the ceiling of
+  SDK-based tools at high request rates (bench/RESULTS.md).
+- `openai` goes through the openai SDK (`AsyncOpenAI`, `max_retries=0`, raw responses), the
+  reference for request and response shapes. The same tests run over both.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+import aiohttp
+import openai
+
+from batchroute import __version__
+
+TransportName = Literal["aiohttp", "openai"]
+
+
+class TransportError(Exception):
+    """No HTTP answer."""
+
+
+class TransportTimeout(TransportError):
+    """No answer in time."""
+
+
+class TransportConnection(TransportError):
+    """The connection failed."""
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """An HTTP answer. `headers` looks up names case-insensitively."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: Any  # the parsed JSON, or None when the body is not JSON
+    text: str  # the raw body, for error messages
+
+    @property
+    def error(self) -> Mapping[str, Any]:
+        """The OpenAI-style `{"error": {...}}` object of an error answer, else empty."""
+        if isinstance(self.body, dict) and isinstance(self.body.get("error"), dict):
+            error: Mapping[str, Any] = self.body["error"]
+            return error
+        return {}
+
+
+class Transport(Protocol):
+    async def chat(self, payload: dict[str, Any]) -> Reply:
+        """POST /chat/completions; raises TransportError when no HTTP answer comes."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+def open_transport(
+    name: TransportName, *, base_url: str, api_key: str, timeout_s: float, connections: int
+) -> Transport:
+    """Create the transport inside the running event loop."""
+    if name == "openai":
+        return SdkTransport(base_url=base_url, api_key=api_key, timeout_s=timeout_s)
+    return AiohttpTransport(
+        base_url=base_url, api_key=api_key, timeout_s=timeout_s, connections=connections
+    )
+
+
+class AiohttpTransport:
+    """Plain HTTP/1.1 with keep-alive connections, one pool for the run."""
+
+    def __init__(self, *, base_url: str, api_key: str, timeout_s: float, connections: int) -> None:
+        self._base = base_url.rstrip("/")
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=connections),
+            timeout=aiohttp.ClientTimeout(total=timeout_s),
+            headers={
+                "Authorization": f"Bearer {api_key}",
+                "Content-Type": "application/json",
+                "Accept": "application/json",
+                "User-Agent": f"batchroute/{__version__}",
+            },
+            raise_for_status=False,  # every status is an answer; the Caller decides
+        )
+
+    async def chat(self, payload: dict[str, Any]) -> Reply:
+        data = json.dumps(payload, ensure_ascii=False).encode()
+        try:
+            async with self._session.post(self._base + "/chat/completions", data=data) as response:
+                raw = await response.read()
+                headers = response.headers
+                status = response.status
+        except TimeoutError:  # aiohttp's timeouts subclass it
+            raise TransportTimeout("request timed out") from None
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
+            raise TransportConnection(_describe(exc)) from None
+        text = raw.decode("utf-8", "replace")
+        try:
+            body = json.loads(raw) if raw else None
+        except ValueError:
+            body = None
+        return Reply(status, headers, body, text)
+
+    async def aclose(self) -> None:
+        await self._session.close()
+
+
+class SdkTransport:
+    """The openai SDK's client, used as a transport: its answers and errors become Replies."""
+
+    def __init__(self, *, base_url: str, api_key: str, timeout_s: float) -> None:
+        self._client = openai.AsyncOpenAI(
+            base_url=base_url, api_key=api_key, max_retries=0, timeout=timeout_s
+        )
+
+    async def chat(self, payload: dict[str, Any]) -> Reply:
+        try:
+            raw = await self._client.chat.completions.with_raw_response.create(**payload)
+        except openai.APIError as exc:
+            return reply_from_sdk_error(exc)
+        response = raw.http_response
+        return _reply(response.status_code, response.headers, response.text)
+
+    async def aclose(self) -> None:
+        await self._client.close()
+
+
+def reply_from_sdk_error(exc: openai.APIError) -> Reply:
+    """The SDK raises for every non-2xx status; give back the answer it carried."""
+    if isinstance(exc, openai.APITimeoutError):
+        raise TransportTimeout("request timed out") from None
+    if isinstance(exc, openai.APIConnectionError):
+        raise TransportConnection(" ".join(exc.message.split())) from None
+    # A status error, or a 2xx the SDK could not read as the model it expected.
+    response = getattr(exc, "response", None)
+    if response is None:
+        raise TransportConnection(" ".join(exc.message.split())) from None
+    return _reply(response.status_code, response.headers, response.text)
+
+
+def _reply(status: int, headers: Mapping[str, str], text: str) -> Reply:
+    try:
+        body = json.loads(text) if text else None
+    except ValueError:
+        body = None
+    return Reply(status, headers, body, text)
+
+
+def _describe(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
