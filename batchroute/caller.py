@@ -63,8 +63,9 @@ def classify(reply: Reply) -> CallFailure | None:
     error_kind = f"http_{status}"
     if status in (401, 403):
         return CallFailure(FailureKind.FATAL, error_kind, message, status)
-    if status == 402:
-        # Out of credit: every later call would get the same answer.
+    if status == 402 or error.get("code") == "insufficient_quota":
+        # Out of credit (OpenAI says so with a 429 and this code): every later call would get
+        # the same answer, so retrying only burns time.
         return CallFailure(FailureKind.FATAL, error_kind, message, status)
     if status in (408, 409, 429) or status >= 500:
         # 408/409 are transient by convention (the openai SDK's own retry list); 429 and 5xx
@@ -365,8 +366,10 @@ def _float_header(headers: Mapping[str, str], name: str) -> float | None:
 
 def _stop_error(failure: CallFailure, job: Job) -> RunStopped:
     where = job.endpoint.base_url
-    if failure.status_code == 402:
-        return BudgetReached(f"{where} answered 402 (out of credit): {failure.message}")
+    if failure.status_code in (402, 429):
+        return BudgetReached(
+            f"{where} answered {failure.status_code} (out of credit): {failure.message}"
+        )
     key = job.endpoint.api_key_env or "no key variable"
     return AuthRejected(
         f"{where} rejected the credentials ({failure.status_code}); check the key in {key}"

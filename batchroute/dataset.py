@@ -52,8 +52,31 @@ class Dataset:
             raise DatasetError(f"{path}: cannot read the input: {_one_line(exc)}") from None
         if limit_rows is not None:
             self.num_rows = min(self.num_rows, limit_rows)
-        if id_column is not None and id_column not in self.schema:
-            raise DatasetError(f"{path}: id column {id_column!r} is not in the dataset")
+        if id_column is not None:
+            if id_column not in self.schema:
+                raise DatasetError(f"{path}: id column {id_column!r} is not in the dataset")
+            self._check_ids(id_column)
+
+    def _check_ids(self, column: str) -> None:
+        """Ids must be unique and present, and that is known before the first call: reading
+        the one column costs little next to finding a duplicate after paying for rows."""
+        scan = pl.scan_parquet(self.path) if self.format == "parquet" else pl.scan_csv(self.path)
+        if self.limit_rows is not None:
+            scan = scan.head(self.limit_rows)
+        try:
+            ids = scan.select(pl.col(column)).with_row_index("row").collect()
+        except (OSError, pl.exceptions.PolarsError) as exc:
+            raise DatasetError(f"{self.path}: cannot read the input: {_one_line(exc)}") from None
+        nulls = ids.filter(pl.col(column).is_null())
+        if nulls.height:
+            row = nulls["row"][0]
+            raise DatasetError(f"{self.path}: row {row}: id column {column!r} is null")
+        repeats = ids.filter(~pl.col(column).is_first_distinct())
+        if repeats.height:
+            row, value = repeats["row"][0], repeats[column][0]
+            raise DatasetError(
+                f"{self.path}: row {row}: duplicate id {value!r} in column {column!r}"
+            )
 
     def require_columns(self, columns: list[str], *, what: str) -> None:
         """Fail before any call when the job names a column the dataset lacks."""
@@ -72,8 +95,7 @@ class Dataset:
         return dtype() if isinstance(dtype, type) else dtype
 
     def batches(self) -> Iterator[Batch]:
-        """Yield batches in file order; ids are checked unique and non-null as they stream."""
-        seen: set[object] = set()
+        """Yield batches in file order."""
         start = 0
         for record_batch in self._record_batches():
             if start >= self.num_rows:
@@ -88,18 +110,6 @@ class Dataset:
                 row_ids: list[object] = list(range(start, start + frame.height))
             else:
                 row_ids = frame.get_column(self.id_column).to_list()
-                for offset, row_id in enumerate(row_ids):
-                    if row_id is None:
-                        raise DatasetError(
-                            f"{self.path}: row {start + offset}: id column"
-                            f" {self.id_column!r} is null"
-                        )
-                    if row_id in seen:
-                        raise DatasetError(
-                            f"{self.path}: row {start + offset}: duplicate id {row_id!r} in"
-                            f" column {self.id_column!r}"
-                        )
-                    seen.add(row_id)
             yield Batch(start=start, frame=frame, row_ids=row_ids)
             start += frame.height
 

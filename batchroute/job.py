@@ -9,7 +9,14 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from batchroute.errors import ConfigError
 from batchroute.prompts import PromptTemplate
@@ -29,16 +36,19 @@ class InputConfig(_Section):
     messages: str | None = None  # a column holding a JSON list of chat messages
     batch_rows: Annotated[int, Field(gt=0)] = 2048
 
+    @field_validator("prompt", "system")
+    @classmethod
+    def _plain_template(cls, value: str | None) -> str | None:
+        if value is not None:
+            PromptTemplate.parse(value)  # raises ValueError naming the bad placeholder
+        return value
+
     @model_validator(mode="after")
     def _one_prompt_source(self) -> InputConfig:
         if (self.prompt is None) == (self.messages is None):
             raise ValueError("give exactly one of 'prompt' (a template) or 'messages' (a column)")
         if self.messages is not None and self.system is not None:
             raise ValueError("'system' applies to 'prompt' templates; put it in the messages")
-        if self.prompt is not None:
-            PromptTemplate.parse(self.prompt)
-        if self.system is not None:
-            PromptTemplate.parse(self.system)
         return self
 
     def template(self) -> PromptTemplate | None:
@@ -203,8 +213,14 @@ class Job(_Section):
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)
 
     def key(self) -> str:
-        """Identifies the job across runs: the same settings, the same key (resume)."""
-        canonical = json.dumps(self.settings(), sort_keys=True, separators=(",", ":"))
+        """Identifies the job across runs: the same settings, the same key (resume), from
+        whatever directory it is run."""
+        settings = self.settings()
+        for section, name in _PATH_SETTINGS:
+            value = settings.get(section, {}).get(name)
+            if value is not None:
+                settings[section][name] = str(Path(value).resolve())
+        canonical = json.dumps(settings, sort_keys=True, separators=(",", ":"))
         return hashlib.blake2b(canonical.encode(), digest_size=12).hexdigest()
 
     def endpoint_identity(self) -> str:
@@ -216,6 +232,15 @@ class Job(_Section):
         models = sim.models.read_bytes() if sim.models is not None else b"default"
         digest = hashlib.blake2b(models, digest_size=8).hexdigest()
         return f"embedded:seed={sim.seed}:models={digest}"
+
+
+_PATH_SETTINGS = (
+    ("input", "path"),
+    ("output", "path"),
+    ("output", "calls"),
+    ("simulator", "models"),
+    ("store", "path"),
+)
 
 
 def load_job(path: Path | str) -> Job:

@@ -69,6 +69,7 @@ class TokenReservation:
 
     def __init__(self, bucket: TokenBucket | None, estimate: int) -> None:
         self._bucket = bucket
+        self._estimate = estimate
         self._reserved = 0.0 if bucket is None else bucket.reserve_amount(estimate)
 
     async def acquire(self) -> None:
@@ -76,10 +77,13 @@ class TokenReservation:
             await self._bucket.acquire(self._reserved)
 
     def settle(self, actual_tokens: int | None) -> None:
-        # Without a usage report (an error), keep the estimate: the provider may have counted it.
-        if self._bucket is not None and actual_tokens is not None:
-            self._bucket.settle(self._reserved, actual_tokens)
-            self._reserved = float(actual_tokens)
+        # Without a usage report (an error), book the whole estimate, not only the part that
+        # fitted the bucket: the provider may have counted it.
+        if self._bucket is None:
+            return
+        booked = self._estimate if actual_tokens is None else actual_tokens
+        self._bucket.settle(self._reserved, booked)
+        self._reserved = float(booked)
 
 
 def _limiter(kind: type[_L], per_minute: int | None) -> _L | None:

@@ -46,7 +46,7 @@ class PromptTemplate:
                 shown = "{" + field + (f"!{conversion}" if conversion else "")
                 shown += (f":{spec}" if spec else "") + "}"
                 raise ValueError(
-                    f"placeholder {shown} in the prompt template is not a plain column name;"
+                    f"placeholder {shown} is not a plain column name;"
                     " templates only substitute columns (write {{ }} for literal braces)"
                 )
             parts.append((literal, field))

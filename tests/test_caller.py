@@ -143,12 +143,6 @@ def test_the_message_is_one_short_line() -> None:
     assert len(failure.message) <= 300 and failure.message.endswith("...")
 
 
-@pytest.mark.xfail(
-    reason="caller.py classify_exception: OpenAI reports an exhausted quota as 429 with code"
-    " 'insufficient_quota'; it is classified RETRYABLE, so every row retries max_attempts"
-    " times instead of the run stopping as it does for 402",
-    strict=True,
-)
 def test_429_insufficient_quota_is_fatal_like_402() -> None:
     body = {"message": "You exceeded your current quota", "code": "insufficient_quota"}
     assert classify_exception(_status_error(429, body=body)).kind is FailureKind.FATAL

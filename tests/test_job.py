@@ -96,16 +96,12 @@ CASES = {
         ("row 2", "duplicate id 'a'", "'task_id'"),
         names="tasks.parquet",
         setup=lambda d: _frame(d / "tasks.parquet", task_id=["a", "b", "a"], text=["x"] * 3),
-        before_start=False,  # found as the data streams, see the xfail below
-        needs_server=True,
     ),
     "null id": Case(
         _job(),
         ("row 1", "'task_id' is null"),
         names="tasks.parquet",
         setup=lambda d: _frame(d / "tasks.parquet", task_id=["a", None, "c"], text=["x"] * 3),
-        before_start=False,
-        needs_server=True,
     ),
     "id column missing": Case(
         _job(input_extra='id = "ticket_id"\nprompt = "Label: {text}"'),
@@ -178,11 +174,6 @@ def test_a_missing_job_file_exits_2(tmp_path: Path) -> None:
     assert str(tmp_path / "nojob.toml") in line and "no such job file" in line
 
 
-@pytest.mark.xfail(
-    reason="job.py: a bad placeholder in input.system is reported as 'in the prompt template'"
-    " (PromptTemplate.parse always says so, and the location is only 'input')",
-    strict=True,
-)
 def test_a_bad_system_template_is_reported_as_the_system_prompt(tmp_path: Path) -> None:
     write_tasks(tmp_path, 3)
     body = _job(input_extra='id = "task_id"\nprompt = "Label: {text}"\nsystem = "Be {text!r}"')
@@ -210,11 +201,6 @@ def test_validation_happens_before_the_embedded_simulator_starts(
         assert _one_error_line(capsys.readouterr().err)
 
 
-@pytest.mark.xfail(
-    reason="dataset.py: ids are checked as batches stream, after calls for earlier batches"
-    " were made and paid for; preflight promises every check before the first call",
-    strict=True,
-)
 def test_a_duplicate_id_late_in_the_data_is_found_before_any_call(
     tmp_path: Path, fresh_sim: SimulatorHandle
 ) -> None:
@@ -330,12 +316,6 @@ def test_relative_paths_resolve_against_the_job_files_directory(
     assert job.output.path == jobs / "out" / "results.parquet"
 
 
-@pytest.mark.xfail(
-    reason="job.py load_job/_anchor_paths: with a relative job path the anchored paths stay"
-    " relative to the working directory, and Job.key() hashes them, so the same job has a"
-    " different key from another directory",
-    strict=True,
-)
 def test_the_job_key_does_not_depend_on_the_working_directory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -347,11 +327,6 @@ def test_the_job_key_does_not_depend_on_the_working_directory(
     assert load_job(path).key() == from_its_directory
 
 
-@pytest.mark.xfail(
-    reason="the job key depends on the working directory (see above), so a rerun of the same"
-    " job from another directory is refused as 'not written by this job' and cannot resume",
-    strict=True,
-)
 def test_rerunning_the_same_job_from_another_directory_replaces_its_own_output(
     tmp_path: Path, fresh_sim: SimulatorHandle
 ) -> None:

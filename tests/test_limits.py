@@ -129,11 +129,6 @@ def test_a_call_larger_than_the_bucket_goes_out_then_its_real_spend_is_booked() 
     assert waited == pytest.approx(5.0, abs=1e-6)
 
 
-@pytest.mark.xfail(
-    reason="limits.py TokenReservation: reserve_amount caps the reservation at the bucket size"
-    " and settle(None) keeps only that capped amount, not the estimate the comment promises",
-    strict=True,
-)
 def test_a_failed_call_larger_than_the_bucket_keeps_its_whole_estimate_booked() -> None:
     # The call's estimate was 500 tokens and no usage came back (a timeout, say): the comment
     # in TokenReservation.settle says the estimate stays booked, so the next call should wait

@@ -147,11 +147,6 @@ def new_york_time() -> Iterator[None]:
         time.tzset()
 
 
-@pytest.mark.xfail(
-    reason="retry.py: an asctime HTTP-date has no zone; parsedate_to_datetime returns a naive"
-    " datetime and .timestamp() reads it as local time, not GMT (RFC 9110 10.2.3)",
-    strict=True,
-)
 @pytest.mark.usefixtures("new_york_time")
 def test_an_asctime_http_date_is_gmt_whatever_the_local_zone() -> None:
     # RFC 9110 section 5.6.7: recipients must accept asctime dates, which are always GMT.
