@@ -10,6 +10,7 @@ from typing import Any
 from tqdm import tqdm
 
 from batchroute.records import FAILED, OK, SKIPPED, RowResult
+from batchroute.shadow import RouteStats
 
 
 @dataclass(slots=True)
@@ -31,6 +32,7 @@ class RunStats:
     top_tier_cost_usd: float | None = 0.0
     top_tier: str | None = None
     balance_usd: float | None = None
+    routes: RouteStats = field(default_factory=RouteStats)  # per rule, label or plan
 
     def add(self, result: RowResult, *, top_tier_cost: float | None) -> None:
         self.done += 1
@@ -42,6 +44,7 @@ class RunStats:
         self.fallback += result.fallback_used
         self.calls += len(result.calls)
         self.cost_usd += result.cost_usd
+        self.routes.add(result)
         if self.top_tier_cost_usd is not None and result.status != SKIPPED:
             if top_tier_cost is None:
                 self.top_tier_cost_usd = None
@@ -69,6 +72,9 @@ class RunStats:
             "top_tier_cost_usd": self.top_tier_cost_usd,
             "balance_usd": self.balance_usd,
             "elapsed_s": round(self.elapsed_s, 3),
+            "routes": self.routes.as_dict(),
+            "unknown_labels": self.routes.unknown_labels,
+            "shadow_cost_usd": self.routes.shadow_cost_usd,
         }
 
     def summary_line(self) -> str:
@@ -90,6 +96,10 @@ class RunStats:
                 if saving >= 0
                 else f"vs ~${self.top_tier_cost_usd:.4f} all on {self.top_tier}"
             )
+        if self.routes.unknown_labels:
+            parts.append(f"{self.routes.unknown_labels} unknown labels sent to the default")
+        if self.routes.shadow_cost_usd:
+            parts.append(f"shadow sampling ${self.routes.shadow_cost_usd:.4f} (not in the total)")
         if self.balance_usd is not None:
             parts.append(f"balance ${self.balance_usd:.2f}")
         parts.append(f"{self.elapsed_s:.1f}s ({self.done / max(self.elapsed_s, 1e-9):.0f} rows/s)")

@@ -25,6 +25,7 @@ from batchroute.errors import ConfigError, DatasetError, RunStopped
 from batchroute.executor import Executor
 from batchroute.job import Job
 from batchroute.limits import Limits
+from batchroute.models_list import check_served
 from batchroute.progress import ProgressBar, RunStats
 from batchroute.records import (
     CallRecord,
@@ -107,6 +108,7 @@ def _prepare(job: Job, *, overwrite: bool) -> _Prepared:
             " rename it in the data"
         )
     router = build_router(job)
+    router.validate(dataset)  # rule predicates, classifier and judge templates vs the columns
     check_writable(job.output.path, overwrite=overwrite)
     check_writable(job.output.calls_path, overwrite=overwrite)
     if job.output.path.resolve() == job.output.calls_path.resolve():
@@ -184,6 +186,7 @@ async def _execute(job: Job, prep: _Prepared, *, base_url: str, quiet: bool) -> 
         results_sink.open()
         calls_sink.open()
         async with client:
+            await check_served(client, job=job, base_url=base_url)  # before the first row
             await _pipeline(
                 job,
                 prep,
@@ -307,13 +310,13 @@ def _top_tier_cost(result: RowResult, plan: Plan, job: Job, top: str | None) -> 
     """The row's cost had it gone straight to the top tier: paid if it did, else priced."""
     if top is None:
         return None
-    for call in result.calls:
+    for call in result.answer_calls:  # not the classifier's, a judge's or shadow calls
         if call.model == top and call.ok and call.charge_usd is not None:
             return call.charge_usd
     prices = job.model(top).usd_per_mtok
     if prices is None:
         return None
-    for call in result.calls:
+    for call in result.answer_calls:
         if call.ok and call.prompt_tokens is not None:
             tokens_in, tokens_out = call.prompt_tokens, call.completion_tokens or 0
             return (tokens_in * prices.input + tokens_out * prices.output) / 1_000_000
