@@ -31,8 +31,8 @@ async def served_models(client: openai.AsyncOpenAI) -> list[str] | None:
 
 
 def closest(name: str, served: list[str], *, n: int = 3) -> list[str]:
-    """The served names most like `name`, best first (difflib's ratio, at least 0.4)."""
-    return difflib.get_close_matches(name, served, n=n, cutoff=0.4)
+    """The served names most like `name`, best first (difflib's ratio, at least 0.6)."""
+    return difflib.get_close_matches(name, served, n=n, cutoff=0.6)
 
 
 def _where(job: Job, base_url: str) -> str:

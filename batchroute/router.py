@@ -117,7 +117,7 @@ class RulesRouter:
             except PredicateError as exc:
                 raise DatasetError(
                     f"{self._source}: route.rules: rule {number + 1} ({name!r}):"
-                    f" when {predicate.sql!r} {exc} in {dataset.path}"
+                    f' when "{predicate.sql}" {exc} in {dataset.path}'
                 ) from None
         _require_check_columns(self._plans, dataset, source=self._source)
 
@@ -167,7 +167,7 @@ def build_router(job: Job) -> Router:
                 predicate = Predicate.parse(rule.when)
             except PredicateError as exc:
                 raise ConfigError(
-                    f"{source}: route.rules: rule {number + 1} ({name!r}): when {rule.when!r}:"
+                    f'{source}: route.rules: rule {number + 1} ({name!r}): when "{rule.when}":'
                     f" {exc}"
                 ) from None
             rules.append((name, predicate, book.target(rule.target)))
