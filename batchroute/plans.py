@@ -54,7 +54,6 @@ class Plan:
     params: dict[str, Any] = field(default_factory=dict)
     rule: str | None = None  # the rule that picked this plan, for the results and the summary
     classifier: Classifier | None = None
-    asks_logprobs: bool = False
 
     @property
     def is_cascade(self) -> bool:
@@ -149,7 +148,6 @@ class PlanBook:
                 tiers=config.tiers,
                 check=check,
                 params=params.to_wire(),
-                asks_logprobs=bool(params.logprobs),
             )
 
     def _suite(
@@ -168,7 +166,6 @@ class PlanBook:
             tiers=tiers,
             check=self._job_checks,
             params=params.to_wire(),
-            asks_logprobs=bool(params.logprobs),
         )
 
     def target(self, target: str) -> Plan:

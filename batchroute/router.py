@@ -10,7 +10,7 @@ A target is a `[plans.NAME]` table or a model, so a rule or a label can pick a c
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Protocol
@@ -177,8 +177,8 @@ def build_router(job: Job) -> Router:
         labels: dict[str, Plan] = {}
         for raw, target in route.classifier.labels.items():
             label = normalize_label(raw)
-            if not label or label in labels:
-                problem = "is empty" if not label else "repeats another label"
+            problem = _label_problem(label, taken=labels)
+            if problem is not None:
                 raise ConfigError(
                     f"{source}: route.classifier.labels: {raw!r} {problem} once normalised"
                     " (trimmed, lower case, no punctuation or quotes)"
@@ -189,6 +189,16 @@ def build_router(job: Job) -> Router:
     if route.shadow_rate > 0:
         _check_shadow(job, router)
     return router
+
+
+def _label_problem(label: str, *, taken: Mapping[str, Plan]) -> str | None:
+    if not label:
+        return "is empty"
+    if label in taken:
+        return "repeats another label"
+    if label == DEFAULT:
+        return f"is {DEFAULT!r}, the summary's name for unlabelled rows,"
+    return None
 
 
 def _check_shadow(job: Job, router: Router) -> None:
