@@ -85,7 +85,7 @@ def normalize_label(text: str) -> str:
     return text.strip(_LABEL_JUNK).casefold()
 
 
-def value_at(answer: str, steps: Sequence[str | int]) -> Any:
+def value_at(answer: str, *, steps: Sequence[str | int]) -> Any:
     """The value at a parsed JSON path of the answer; raises ValueError saying what is missing."""
     try:
         value: Any = json.loads(answer)
@@ -161,7 +161,7 @@ class ChoicesCheck:
         value: Any = subject.answer
         if self._steps is not None:
             try:
-                value = value_at(subject.answer, self._steps)
+                value = value_at(subject.answer, steps=self._steps)
             except ValueError as exc:
                 return Verdict(False, str(exc))
         if isinstance(value, str | int | float) and self._fold(str(value)) in self._choices:
@@ -187,7 +187,7 @@ class ConfidenceCheck:
         else:
             what = _show_path(self._steps)
             try:
-                value = as_number(value_at(subject.answer, self._steps))
+                value = as_number(value_at(subject.answer, steps=self._steps))
             except ValueError as exc:
                 return Verdict(False, str(exc))
             if value is None:
@@ -268,7 +268,11 @@ class CheckSuite:
     """A plan's checks: all must pass; the first failure is the verdict."""
 
     def __init__(
-        self, quick: Sequence[Check], slow: Sequence[AsyncCheck], *, columns: Sequence[str] = ()
+        self,
+        *,
+        quick: Sequence[Check] = (),
+        slow: Sequence[AsyncCheck] = (),
+        columns: Sequence[str] = (),
     ) -> None:
         self._quick = tuple(quick)
         self._slow = tuple(slow)

@@ -45,17 +45,31 @@ class Executor:
             result.status, result.error = FAILED, f"bad input: {exc}"
             return result
         if plan.classifier is not None:
-            plan = await self._classify(row_id, row, plan.classifier, result)
-        verdicts = await self._run_tiers(row_id, row, messages, plan, result)
+            plan = await self._classify(row_id, row=row, classifier=plan.classifier, result=result)
+        verdicts = await self._run_tiers(
+            row_id, row=row, messages=messages, plan=plan, result=result
+        )
         shadow = self._shadow
         if shadow is not None and plan.check is not None and result.status == OK:
             result.past_cheapest = shadow.past(result.model)
             if result.past_cheapest and shadow.sampled(row_id):
-                await self._run_shadow(shadow.model, row, messages, plan, result, verdicts)
+                await self._run_shadow(
+                    shadow.model,
+                    row=row,
+                    messages=messages,
+                    plan=plan,
+                    result=result,
+                    verdicts=verdicts,
+                )
         return result
 
     async def _classify(
-        self, row_id: object, row: Mapping[str, Any], classifier: Classifier, result: RowResult
+        self,
+        row_id: object,
+        *,
+        row: Mapping[str, Any],
+        classifier: Classifier,
+        result: RowResult,
     ) -> Plan:
         """Ask the classifier model for the row's label; the label's plan, else the default."""
         reply = None
@@ -78,6 +92,7 @@ class Executor:
     async def _run_tiers(
         self,
         row_id: object,
+        *,
         row: Mapping[str, Any],
         messages: list[Message],
         plan: Plan,
@@ -101,7 +116,7 @@ class Executor:
             if plan.check is None:
                 return verdicts
             grader = _RowGrader(self._caller, row_id=row_id, tier=tier, result=result)
-            verdict = await plan.check.verify(_subject(outcome, row), grader=grader)
+            verdict = await plan.check.verify(_subject(outcome, row=row), grader=grader)
             assert outcome.model is not None
             verdicts[outcome.model] = verdict
             result.check_passed = verdict.passed
@@ -121,6 +136,7 @@ class Executor:
     async def _run_shadow(
         self,
         model: str,
+        *,
         row: Mapping[str, Any],
         messages: list[Message],
         plan: Plan,
@@ -141,7 +157,7 @@ class Executor:
         if outcome.failure is not None or outcome.model != model:
             return  # no verdict when the cheapest model itself did not answer
         grader = _RowGrader(self._caller, row_id=row_id, tier=0, result=result, shadow=True)
-        verdict = await plan.check.verify(_subject(outcome, row), grader=grader)
+        verdict = await plan.check.verify(_subject(outcome, row=row), grader=grader)
         result.shadow_passed = verdict.passed
 
 
@@ -174,7 +190,7 @@ class _RowGrader:
         return outcome.answer
 
 
-def _subject(outcome: TierOutcome, row: Mapping[str, Any]) -> Subject:
+def _subject(outcome: TierOutcome, *, row: Mapping[str, Any]) -> Subject:
     assert outcome.answer is not None and outcome.model is not None
     # The last record is the attempt that answered; its logprobs are the answer's.
     return Subject(

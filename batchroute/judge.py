@@ -21,7 +21,7 @@ def read_score(reply: str, *, steps: tuple[str | int, ...] | None) -> float | No
     """
     if steps is not None:
         try:
-            value: Any = value_at(reply, steps)
+            value: Any = value_at(reply, steps=steps)
         except ValueError:
             return None
         if isinstance(value, str):

@@ -30,7 +30,7 @@ async def served_models(client: openai.AsyncOpenAI) -> list[str] | None:
         return None
 
 
-def closest(name: str, served: list[str], *, n: int = 3) -> list[str]:
+def closest(name: str, *, served: list[str], n: int = 3) -> list[str]:
     """The served names most like `name`, best first (difflib's ratio, at least 0.6)."""
     return difflib.get_close_matches(name, served, n=n, cutoff=0.6)
 
@@ -39,23 +39,31 @@ def _where(job: Job, base_url: str) -> str:
     return "the embedded simulator" if job.endpoint.embedded else base_url
 
 
-def missing_message(job: Job, model: str, served: list[str], *, base_url: str) -> str:
+def missing_message(job: Job, *, model: str, served: list[str], base_url: str) -> str:
     """One line: the job file, the model it names that the endpoint lacks, the nearest names."""
-    near = closest(model, served)
+    near = closest(model, served=served)
     hint = f"; closest served: {', '.join(near)}" if near else "; see `batchroute models JOB`"
     if job.plans and model in route_targets(job):
         hint = f" (nor is it a [plans] table: {', '.join(job.plans)}){hint}"
     return f"{job.source}: model {model!r} is not served by {_where(job, base_url)}{hint}"
 
 
-async def check_served(client: openai.AsyncOpenAI, *, job: Job, base_url: str) -> None:
+def _client(job: Job, *, base_url: str, api_key: str) -> openai.AsyncOpenAI:
+    # Its own short-lived client: one GET, whatever transport the run's calls use.
+    return openai.AsyncOpenAI(
+        base_url=base_url, api_key=api_key, max_retries=0, timeout=job.endpoint.timeout_s
+    )
+
+
+async def check_served(job: Job, *, base_url: str, api_key: str) -> None:
     """Raise ConfigError for the first model the job names that the endpoint does not serve.
 
     An endpoint without the route is tolerated with a warning, as is one that fails to list:
     the run's own calls then say what is wrong, row by row.
     """
     try:
-        served = await served_models(client)
+        async with _client(job, base_url=base_url, api_key=api_key) as client:
+            served = await served_models(client)
     except openai.APIStatusError as exc:
         if exc.status_code in (401, 403):
             return  # the first call stops the run with the credentials error
@@ -80,7 +88,7 @@ async def check_served(client: openai.AsyncOpenAI, *, job: Job, base_url: str) -
         return
     for model in models_named(job):
         if model not in served:
-            raise ConfigError(missing_message(job, model, served, base_url=base_url))
+            raise ConfigError(missing_message(job, model=model, served=served, base_url=base_url))
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +112,11 @@ class ModelsReport:
             else:
                 served = "yes" if model in self.served else "no"
             note = ""
-            if served == "no" and self.served is not None and (near := closest(model, self.served)):
+            if (
+                served == "no"
+                and self.served is not None
+                and (near := closest(model, served=self.served))
+            ):
                 note = f"  (closest served: {', '.join(near)})"
             out.append(f"{model:<{width}}  {served:<6}  {', '.join(roles)}{note}")
         if self.served is None:
@@ -118,17 +130,13 @@ class ModelsReport:
 
 async def list_models(job: Job, *, base_url: str) -> ModelsReport:
     """Ask the endpoint for its models and compare them with the job's."""
-    client = openai.AsyncOpenAI(
-        base_url=base_url, api_key=_api_key(job), max_retries=0, timeout=job.endpoint.timeout_s
-    )
-    async with client:
-        try:
+    try:
+        async with _client(job, base_url=base_url, api_key=_api_key(job)) as client:
             served = await served_models(client)
-        except openai.APIError as exc:
-            raise ConfigError(
-                f"{job.source}: cannot list the models of {_where(job, base_url)}:"
-                f" {type(exc).__name__}"
-            ) from None
+    except openai.APIError as exc:
+        raise ConfigError(
+            f"{job.source}: cannot list the models of {_where(job, base_url)}: {type(exc).__name__}"
+        ) from None
     return ModelsReport(where=_where(job, base_url), named=models_named(job), served=served)
 
 

@@ -60,7 +60,7 @@ class Plan:
         return len(self.tiers) > 1
 
 
-def merge_params(base: Params, override: Params | None) -> Params:
+def merge_params(base: Params, *, override: Params | None) -> Params:
     """`override`'s keys that were written in the job file, over `base`."""
     if override is None:
         return base
@@ -91,7 +91,7 @@ def build_checks(
                 quick.append(_quick_check(config, params=params))
         except ValueError as exc:
             raise ValueError(f"{where}: {exc}") from None
-    return CheckSuite(quick, slow, columns=columns) if quick or slow else None
+    return CheckSuite(quick=quick, slow=slow, columns=columns) if quick or slow else None
 
 
 def _quick_check(config: CheckConfig, *, params: Params) -> Check:
@@ -133,7 +133,7 @@ class PlanBook:
         self._job_checks = self._suite(job.check or (), params=job.params, where="")
         self._by_target: dict[str, Plan] = {}
         for name, config in job.plans.items():
-            params = merge_params(job.params, config.params)
+            params = merge_params(job.params, override=config.params)
             check = (
                 self._job_checks
                 if config.check is None and params == job.params
@@ -158,7 +158,7 @@ class PlanBook:
         except ValueError as exc:
             raise ConfigError(f"{self._job.source}: {where}{exc}") from None
 
-    def plan(self, name: str, tiers: tuple[str, ...]) -> Plan:
+    def plan(self, name: str, *, tiers: tuple[str, ...]) -> Plan:
         """A plan of the job's own tiers, check and params (`fixed`, `cascade`)."""
         params = self._job.params
         return Plan(
@@ -172,6 +172,6 @@ class PlanBook:
         """The plan a rule's, a label's or the default target names."""
         plan = self._by_target.get(target)
         if plan is None:
-            plan = self.plan(f"fixed:{target}", (target,))
+            plan = self.plan(f"fixed:{target}", tiers=(target,))
             self._by_target[target] = plan
         return plan

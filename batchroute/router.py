@@ -55,7 +55,7 @@ class Router(Protocol):
         ...
 
 
-def _require_check_columns(plans: Sequence[Plan], dataset: Dataset, *, source: object) -> None:
+def _require_check_columns(plans: Sequence[Plan], *, dataset: Dataset, source: object) -> None:
     for plan in plans:
         if plan.check is not None and plan.check.columns:
             what = f"{source}: a judge's prompt in plan {plan.name!r}"
@@ -77,7 +77,7 @@ class SinglePlanRouter:
         return [self._plan] * frame.height
 
     def validate(self, dataset: Dataset) -> None:
-        _require_check_columns(self.plans(), dataset, source=self._source)
+        _require_check_columns(self.plans(), dataset=dataset, source=self._source)
 
 
 class RulesRouter:
@@ -104,7 +104,7 @@ class RulesRouter:
 
     def route(self, frame: pl.DataFrame) -> list[Plan]:
         try:
-            picks = first_match(frame, self._predicates)
+            picks = first_match(frame, predicates=self._predicates)
         except PredicateError as exc:
             # Types that fit the schema but not a batch (CSV inference): a dataset error.
             raise DatasetError(f"{self._source}: route.rules: {exc}") from None
@@ -119,7 +119,7 @@ class RulesRouter:
                     f"{self._source}: route.rules: rule {number + 1} ({name!r}):"
                     f' when "{predicate.sql}" {exc} in {dataset.path}'
                 ) from None
-        _require_check_columns(self._plans, dataset, source=self._source)
+        _require_check_columns(self._plans, dataset=dataset, source=self._source)
 
 
 class ClassifierRouter:
@@ -141,7 +141,7 @@ class ClassifierRouter:
     def validate(self, dataset: Dataset) -> None:
         what = f"{self._source}: route.classifier.prompt"
         dataset.require_columns(list(self._classifier.columns), what=what)
-        _require_check_columns(self.plans(), dataset, source=self._source)
+        _require_check_columns(self.plans(), dataset=dataset, source=self._source)
 
 
 def build_router(job: Job) -> Router:
@@ -151,10 +151,10 @@ def build_router(job: Job) -> Router:
     router: Router
     if route.strategy == "fixed":
         assert route.model is not None
-        plan = book.plan(f"fixed:{route.model}", (route.model,))
+        plan = book.plan(f"fixed:{route.model}", tiers=(route.model,))
         router = SinglePlanRouter("fixed", plan, source=source)
     elif route.strategy == "cascade":
-        plan = book.plan("cascade:" + ">".join(route.tiers), route.tiers)
+        plan = book.plan("cascade:" + ">".join(route.tiers), tiers=route.tiers)
         router = SinglePlanRouter("cascade", plan, source=source)
     elif route.strategy == "rules":
         assert route.default is not None

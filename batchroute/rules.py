@@ -65,7 +65,7 @@ class Predicate:
             raise PredicateError(f"gives {dtype}, not true/false")
 
 
-def first_match(frame: pl.DataFrame, predicates: Sequence[Predicate]) -> list[int]:
+def first_match(frame: pl.DataFrame, *, predicates: Sequence[Predicate]) -> list[int]:
     """For each row, the index of the first predicate true for it; len(predicates) if none.
 
     One nested when/then/otherwise over the batch; a null condition counts as false, which is

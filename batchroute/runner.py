@@ -186,7 +186,7 @@ async def _execute(job: Job, prep: _Prepared, *, base_url: str, quiet: bool) -> 
         results_sink.open()
         calls_sink.open()
         async with client:
-            await check_served(client, job=job, base_url=base_url)  # before the first row
+            await check_served(job, base_url=base_url, api_key=prep.api_key)  # before row 1
             await _pipeline(
                 job,
                 prep,

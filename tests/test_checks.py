@@ -50,9 +50,9 @@ def test_labels_are_normalised(raw: str, label: str) -> None:
 def test_json_paths() -> None:
     assert parse_json_path("confidence") == ("confidence",)
     assert parse_json_path("$.result.scores[1]") == ("result", "scores", 1)
-    assert value_at('{"result": {"scores": [0.1, 0.9]}}', ("result", "scores", 1)) == 0.9
+    assert value_at('{"result": {"scores": [0.1, 0.9]}}', steps=("result", "scores", 1)) == 0.9
     with pytest.raises(ValueError, match=r"no \$\.result\.x in the answer"):
-        value_at('{"result": {}}', ("result", "x"))
+        value_at('{"result": {}}', steps=("result", "x"))
     with pytest.raises(ValueError, match="not a JSON path"):
         parse_json_path("$")
 
@@ -123,7 +123,7 @@ class _NoGrader:
 
 def test_a_raising_check_is_a_failed_check_and_slow_checks_wait_for_quick_ones() -> None:
     slow = _Counting()
-    suite = CheckSuite([RegexCheck("x"), _Boom()], [slow])
+    suite = CheckSuite(quick=[RegexCheck("x"), _Boom()], slow=[slow])
     verdict = anyio.run(lambda: suite.verify(subject("x"), grader=_NoGrader()))
     assert verdict == Verdict(False, "raised KeyError: 'confidence'", check="boom")
     assert slow.calls == 0  # an answer that failed a quick check never reaches a slow one

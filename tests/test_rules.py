@@ -25,13 +25,17 @@ def test_first_match_wins_and_null_does_not_match() -> None:
     frame = pl.DataFrame({"kind": ["code", "chat", None, "code"], "n": [1, 50, 7, None]})
     rules = [Predicate.parse("n > 10"), Predicate.parse("kind = 'code'")]
     # Row 3 has n null: "n > 10" is NULL, not a match, so the second rule gets it.
-    assert first_match(frame, rules) == [1, 0, 2, 1]
+    assert first_match(frame, predicates=rules) == [1, 0, 2, 1]
 
 
 def test_a_predicate_naming_no_column_applies_to_the_whole_batch() -> None:
     frame = pl.DataFrame({"x": [1, 2, 3]})
-    assert first_match(frame, [Predicate.parse("1 = 2"), Predicate.parse("true")]) == [1, 1, 1]
-    assert first_match(frame.head(0), [Predicate.parse("x > 1")]) == []
+    assert first_match(frame, predicates=[Predicate.parse("1 = 2"), Predicate.parse("true")]) == [
+        1,
+        1,
+        1,
+    ]
+    assert first_match(frame.head(0), predicates=[Predicate.parse("x > 1")]) == []
 
 
 @pytest.mark.parametrize(
@@ -181,7 +185,7 @@ def test_polars_picks_the_rule_python_picks(rules: list[Expr], data: list[Row]) 
     for predicate in parsed:
         predicate.check(SCHEMA)  # every well-typed predicate passes validation
     expected = [_python_first_match(rules, row) for row in data]
-    assert first_match(frame, parsed) == expected
+    assert first_match(frame, predicates=parsed) == expected
 
 
 @settings(max_examples=150, deadline=None)
