@@ -1,11 +1,11 @@
-"""Check settings of a job file: one table per check type, validated when the job loads."""
+"""Check settings of a job file: one `[check]` table per check, validated when the job loads."""
 
 from __future__ import annotations
 
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from batchroute.prompts import PromptTemplate
 
@@ -14,9 +14,31 @@ _FUNCTION_REF = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 # A JSON path as users write it: `confidence`, `$.confidence`, `result.scores[0]`.
 _PATH_STEP = re.compile(r"\.?([^.\[\]]+)|\[(\d+)\]")
 
-
-class _Check(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+CheckType = Literal[
+    "json_schema",
+    "regex",
+    "choices",
+    "confidence",
+    "min_length",
+    "max_length",
+    "python",
+    "judge",
+]
+# Per type: the keys it needs, then the keys it may take. Any other key given is an error, so
+# `pattern` on a json_schema check is caught rather than ignored.
+_KEYS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "json_schema": ((), ("schema_",)),
+    "regex": (("pattern",), ()),
+    "choices": (("choices",), ("path", "case_sensitive")),
+    "confidence": (("threshold",), ("path", "logprobs")),
+    "min_length": (("chars",), ()),
+    "max_length": (("chars",), ()),
+    "python": (("function",), ()),
+    "judge": (
+        ("model", "prompt", "threshold"),
+        ("system", "score_path", "max_tokens", "temperature"),
+    ),
+}
 
 
 def parse_json_path(path: str) -> tuple[str | int, ...]:
@@ -42,98 +64,54 @@ def _valid_path(path: str) -> str:
     return path
 
 
+def _valid_function(reference: str) -> str:
+    if not _FUNCTION_REF.match(reference):
+        raise ValueError(f"{reference!r} is not 'module:function'")
+    return reference
+
+
 JsonPath = Annotated[str, AfterValidator(_valid_path)]
 
 
-class JsonSchemaCheckConfig(_Check):
-    """The answer parses as JSON and validates against a schema (default: the response's)."""
+class CheckConfig(BaseModel):
+    """One check. Which keys apply depends on `type`; see the README's key table."""
 
-    type: Literal["json_schema"]
-    schema_: Annotated[dict[str, Any] | None, Field(alias="schema")] = None
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
-
-class RegexCheckConfig(_Check):
-    """The answer contains a match of `pattern`."""
-
-    type: Literal["regex"]
-    pattern: str
-
-
-class ChoicesCheckConfig(_Check):
-    """The answer, or the JSON field at `path`, is one of `choices`."""
-
-    type: Literal["choices"]
-    choices: Annotated[tuple[str, ...], Field(min_length=1)]
-    path: JsonPath | None = None
-    case_sensitive: bool = False
-
-
-class ConfidenceCheckConfig(_Check):
-    """A number at `path` of the JSON answer, or the mean token logprob, is at least `threshold`."""
-
-    type: Literal["confidence"]
-    threshold: float
-    path: JsonPath | None = None
-    logprobs: bool = False
+    type: CheckType
+    schema_: Annotated[dict[str, Any] | None, Field(alias="schema")] = None  # json_schema
+    pattern: str | None = None  # regex
+    choices: Annotated[tuple[str, ...], Field(min_length=1)] | None = None  # choices
+    path: JsonPath | None = None  # choices, confidence: a JSON field of the answer
+    case_sensitive: bool = False  # choices
+    threshold: float | None = None  # confidence, judge
+    logprobs: bool = False  # confidence: the mean token logprob instead of a field
+    chars: Annotated[int, Field(ge=0)] | None = None  # min_length, max_length
+    function: Annotated[str, AfterValidator(_valid_function)] | None = None  # python
+    model: str | None = None  # judge: the grader
+    prompt: str | None = None  # judge: {answer} is the answer, other placeholders columns
+    system: str | None = None  # judge
+    score_path: JsonPath | None = None  # judge: set, the reply is JSON and the score is here
+    max_tokens: Annotated[int, Field(gt=0)] = 64  # judge
+    temperature: Annotated[float, Field(ge=0, le=2)] = 0.0  # judge
 
     @model_validator(mode="after")
-    def _one_source(self) -> ConfidenceCheckConfig:
-        if (self.path is None) == (not self.logprobs):
+    def _keys_fit_the_type(self) -> CheckConfig:
+        required, optional = _KEYS[self.type]
+        for key in required:
+            if getattr(self, key) is None:
+                raise ValueError(f"a {self.type} check needs {key!r}")
+        for key in sorted(self.model_fields_set - {"type", *required, *optional}):
+            shown = "schema" if key == "schema_" else key
+            raise ValueError(f"{shown!r} does not apply to a {self.type} check")
+        if self.type == "confidence" and (self.path is None) == (not self.logprobs):
             raise ValueError("a confidence check takes either 'path' or 'logprobs = true'")
+        for template in (self.prompt, self.system):
+            if template is not None:
+                PromptTemplate.parse(template)
         return self
 
 
-class LengthCheckConfig(_Check):
-    """The answer has at least (`min_length`) or at most (`max_length`) `chars` characters."""
-
-    type: Literal["min_length", "max_length"]
-    chars: Annotated[int, Field(ge=0)]
-
-
-class PythonCheckConfig(_Check):
-    """`module:function(row, answer)` returns a bool or (bool, reason)."""
-
-    type: Literal["python"]
-    function: str
-
-    @field_validator("function")
-    @classmethod
-    def _is_reference(cls, value: str) -> str:
-        if not _FUNCTION_REF.match(value):
-            raise ValueError(f"{value!r} is not 'module:function'")
-        return value
-
-
-class JudgeCheckConfig(_Check):
-    """A grader model scores the answer with a rubric; the answer passes at `threshold`."""
-
-    type: Literal["judge"]
-    model: str
-    prompt: str  # {answer} is the answer under judgement; other placeholders name columns
-    system: str | None = None
-    threshold: float
-    score_path: JsonPath | None = None  # set: the judge is asked for JSON and the score read here
-    max_tokens: Annotated[int, Field(gt=0)] = 64
-    temperature: Annotated[float, Field(ge=0, le=2)] = 0.0
-
-    @model_validator(mode="after")
-    def _templates_parse(self) -> JudgeCheckConfig:
-        PromptTemplate.parse(self.prompt)
-        if self.system is not None:
-            PromptTemplate.parse(self.system)
-        return self
-
-
-CheckConfig = Annotated[
-    JsonSchemaCheckConfig
-    | RegexCheckConfig
-    | ChoicesCheckConfig
-    | ConfidenceCheckConfig
-    | LengthCheckConfig
-    | PythonCheckConfig
-    | JudgeCheckConfig,
-    Field(discriminator="type"),
-]
 Checks = tuple[CheckConfig, ...]
 
 

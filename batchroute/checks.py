@@ -1,10 +1,11 @@
 """Checks: decide whether an answer is good enough, or the row escalates to the next tier.
 
-Most checks look at the answer alone and are plain callables (`Check`). Two kinds wait on
-something: a user's `python` function (run in a worker thread, it may run tests) and the
-`judge` (a model call). They are `AsyncCheck`s, given a `Grader` through which the executor
-makes and records their calls. A `CheckSuite` holds a plan's checks: all must pass, the quick
-ones run first so a malformed answer never costs a judge call.
+Most checks look at the answer alone and are plain callables, `check(answer) -> Verdict`
+(`Check`). The others need the answer's context: the mean token logprob, the row (a user's
+`python` function, run in a worker thread since it may run tests) or a model call (the
+`judge`). They are `ContextCheck`s, given the answer as a `Subject` and a `Grader` through
+which the executor makes and records their calls. A `CheckSuite` holds a plan's checks: all
+must pass, and the answer-only ones run first so a malformed answer never costs a judge call.
 """
 
 from __future__ import annotations
@@ -23,12 +24,8 @@ from typing import Any, Protocol
 import anyio
 import jsonschema
 
-from batchroute.check_config import (
-    ChoicesCheckConfig,
-    ConfidenceCheckConfig,
-    LengthCheckConfig,
-    parse_json_path,
-)
+from batchroute.check_config import CheckConfig, parse_json_path
+from batchroute.job import Params
 from batchroute.prompts import Message
 
 # What a label loses before it is compared: surrounding space, punctuation and quotes.
@@ -57,7 +54,7 @@ class Check(Protocol):
 
     name: str
 
-    def __call__(self, subject: Subject) -> Verdict: ...
+    def __call__(self, answer: str) -> Verdict: ...
 
 
 class GraderError(Exception):
@@ -72,8 +69,8 @@ class Grader(Protocol):
         ...
 
 
-class AsyncCheck(Protocol):
-    """A check that waits: on a worker thread (`python`) or a model (`judge`)."""
+class ContextCheck(Protocol):
+    """A check that needs more than the answer: logprobs, the row, or a model (`judge`)."""
 
     name: str
 
@@ -121,9 +118,9 @@ class JsonSchemaCheck:
         validator_class.check_schema(schema)
         self._validator = validator_class(schema)
 
-    def __call__(self, subject: Subject) -> Verdict:
+    def __call__(self, answer: str) -> Verdict:
         try:
-            value = json.loads(subject.answer)
+            value = json.loads(answer)
         except json.JSONDecodeError as exc:
             return Verdict(False, f"not JSON: {exc.msg} at char {exc.pos}")
         error = jsonschema.exceptions.best_match(self._validator.iter_errors(value))
@@ -141,8 +138,8 @@ class RegexCheck:
     def __init__(self, pattern: str) -> None:
         self._pattern = re.compile(pattern)
 
-    def __call__(self, subject: Subject) -> Verdict:
-        if self._pattern.search(subject.answer):
+    def __call__(self, answer: str) -> Verdict:
+        if self._pattern.search(answer):
             return Verdict(True)
         return Verdict(False, f"no match for /{self._pattern.pattern}/")
 
@@ -152,16 +149,18 @@ class ChoicesCheck:
 
     name = "choices"
 
-    def __init__(self, config: ChoicesCheckConfig) -> None:
-        self._fold = str.strip if config.case_sensitive else normalize_label
-        self._choices = frozenset(self._fold(c) for c in config.choices)
-        self._steps = parse_json_path(config.path) if config.path is not None else None
+    def __init__(
+        self, choices: Sequence[str], *, path: str | None = None, case_sensitive: bool = False
+    ) -> None:
+        self._fold = str.strip if case_sensitive else normalize_label
+        self._choices = frozenset(self._fold(c) for c in choices)
+        self._steps = parse_json_path(path) if path is not None else None
 
-    def __call__(self, subject: Subject) -> Verdict:
-        value: Any = subject.answer
+    def __call__(self, answer: str) -> Verdict:
+        value: Any = answer
         if self._steps is not None:
             try:
-                value = value_at(subject.answer, steps=self._steps)
+                value = value_at(answer, steps=self._steps)
             except ValueError as exc:
                 return Verdict(False, str(exc))
         if isinstance(value, str | int | float) and self._fold(str(value)) in self._choices:
@@ -171,42 +170,54 @@ class ChoicesCheck:
 
 
 class ConfidenceCheck:
-    """A confidence the answer states (a JSON number) or its mean token logprob >= threshold."""
+    """The number at a JSON path of the answer (a stated confidence) is at least a threshold."""
 
     name = "confidence"
 
-    def __init__(self, config: ConfidenceCheckConfig) -> None:
-        self._threshold = config.threshold
-        self._steps = parse_json_path(config.path) if config.path is not None else None
+    def __init__(self, *, path: str, threshold: float) -> None:
+        self._steps = parse_json_path(path)
+        self._threshold = threshold
 
-    def __call__(self, subject: Subject) -> Verdict:
-        if self._steps is None:
-            value, what = subject.mean_logprob, "mean token logprob"
-            if value is None:
-                return Verdict(False, "the response carried no token logprobs")
-        else:
-            what = _show_path(self._steps)
-            try:
-                value = as_number(value_at(subject.answer, steps=self._steps))
-            except ValueError as exc:
-                return Verdict(False, str(exc))
-            if value is None:
-                return Verdict(False, f"{what} is not a number")
+    def __call__(self, answer: str) -> Verdict:
+        what = _show_path(self._steps)
+        try:
+            value = as_number(value_at(answer, steps=self._steps))
+        except ValueError as exc:
+            return Verdict(False, str(exc))
+        if value is None:
+            return Verdict(False, f"{what} is not a number")
         if value >= self._threshold:
             return Verdict(True)
         return Verdict(False, f"{what} {value:.3g} < {self._threshold:g}")
 
 
+class LogprobCheck:
+    """The answer's mean token logprob is at least a threshold (the plan asks for logprobs)."""
+
+    name = "confidence"
+
+    def __init__(self, *, threshold: float) -> None:
+        self._threshold = threshold
+
+    async def verify(self, subject: Subject, *, grader: Grader) -> Verdict:
+        value = subject.mean_logprob
+        if value is None:
+            return Verdict(False, "the response carried no token logprobs")
+        if value >= self._threshold:
+            return Verdict(True)
+        return Verdict(False, f"mean token logprob {value:.3g} < {self._threshold:g}")
+
+
 class LengthCheck:
     """The answer has at least (`min_length`) or at most (`max_length`) so many characters."""
 
-    def __init__(self, config: LengthCheckConfig) -> None:
-        self.name: str = config.type
-        self._chars = config.chars
-        self._at_least = config.type == "min_length"
+    def __init__(self, *, chars: int, at_least: bool) -> None:
+        self.name = "min_length" if at_least else "max_length"
+        self._chars = chars
+        self._at_least = at_least
 
-    def __call__(self, subject: Subject) -> Verdict:
-        size = len(subject.answer)
+    def __call__(self, answer: str) -> Verdict:
+        size = len(answer)
         if (size >= self._chars) if self._at_least else (size <= self._chars):
             return Verdict(True)
         bound = "at least" if self._at_least else "at most"
@@ -271,7 +282,7 @@ class CheckSuite:
         self,
         *,
         quick: Sequence[Check] = (),
-        slow: Sequence[AsyncCheck] = (),
+        slow: Sequence[ContextCheck] = (),
         columns: Sequence[str] = (),
     ) -> None:
         self._quick = tuple(quick)
@@ -283,7 +294,7 @@ class CheckSuite:
     async def verify(self, subject: Subject, *, grader: Grader) -> Verdict:
         for check in self._quick:
             try:
-                verdict = check(subject)
+                verdict = check(subject.answer)
             except Exception as exc:  # a check that raises fails the answer, never the row
                 verdict = _raised(exc)
             if not verdict.passed:
@@ -300,3 +311,42 @@ class CheckSuite:
 
 def _raised(exc: Exception) -> Verdict:
     return Verdict(False, f"raised {type(exc).__name__}: {exc}")
+
+
+ANSWER_CHECKS = ("json_schema", "regex", "choices", "confidence", "min_length", "max_length")
+
+
+def build_check(config: CheckConfig | None, *, params: Params) -> Check | None:
+    """The check of one answer-only config (a `confidence` on logprobs is not one).
+
+    A json_schema check without a schema uses the response format's. Raises ValueError
+    ("key: problem") for a schema, pattern or path that cannot work.
+    """
+    if config is None:
+        return None
+    if config.type not in ANSWER_CHECKS or config.logprobs:
+        raise ValueError(f"type: a {config.type} check needs more than the answer")
+    if config.type == "regex":
+        assert config.pattern is not None
+        try:
+            return RegexCheck(config.pattern)
+        except re.error as exc:
+            raise ValueError(f"pattern: not a valid regular expression: {exc}") from None
+    if config.type == "choices":
+        assert config.choices is not None
+        return ChoicesCheck(config.choices, path=config.path, case_sensitive=config.case_sensitive)
+    if config.type == "confidence":
+        assert config.path is not None and config.threshold is not None
+        return ConfidenceCheck(path=config.path, threshold=config.threshold)
+    if config.type in ("min_length", "max_length"):
+        assert config.chars is not None
+        return LengthCheck(chars=config.chars, at_least=config.type == "min_length")
+    schema = config.schema_
+    if schema is None and params.response_format is not None:
+        schema = params.response_format.schema_
+    if schema is None:
+        raise ValueError("schema: a json_schema check needs a schema (or a json_schema response)")
+    try:
+        return JsonSchemaCheck(schema)
+    except jsonschema.exceptions.SchemaError as exc:
+        raise ValueError(f"schema: not a valid JSON schema: {exc.message}") from None

@@ -16,6 +16,7 @@ from pydantic import (
     model_validator,
 )
 
+from batchroute.check_config import CheckConfig as CheckConfig  # re-exported
 from batchroute.check_config import Checks, as_check_list
 from batchroute.errors import ConfigError
 from batchroute.prompts import PromptTemplate
@@ -307,7 +308,7 @@ def models_named(job: Job) -> dict[str, list[str]]:
             note(model, f"tier of plan {name}")
     for checks in (job.check or (), *(plan.check or () for plan in job.plans.values())):
         for check in checks:
-            if check.type == "judge":
+            if check.type == "judge" and check.model is not None:
                 note(check.model, "judge")
     if route.classifier is not None:
         note(route.classifier.model, "classifier")

@@ -6,7 +6,7 @@ import json
 import re
 from typing import Any
 
-from batchroute.check_config import JudgeCheckConfig, parse_json_path
+from batchroute.check_config import CheckConfig, parse_json_path
 from batchroute.checks import Grader, GraderError, Subject, Verdict, as_number, value_at
 from batchroute.prompts import BadRowInput, PromptTemplate, build_messages
 
@@ -48,7 +48,9 @@ class JudgeCheck:
 
     name = "judge"
 
-    def __init__(self, config: JudgeCheckConfig) -> None:
+    def __init__(self, config: CheckConfig) -> None:
+        assert config.type == "judge"
+        assert config.model and config.prompt and config.threshold is not None
         self.model = config.model
         self._prompt = PromptTemplate.parse(config.prompt)
         self._system = PromptTemplate.parse(config.system) if config.system else None

@@ -2,34 +2,19 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import jsonschema
-
-from batchroute.check_config import (
-    CheckConfig,
-    ChoicesCheckConfig,
-    ConfidenceCheckConfig,
-    JsonSchemaCheckConfig,
-    JudgeCheckConfig,
-    LengthCheckConfig,
-    PythonCheckConfig,
-    RegexCheckConfig,
-)
+from batchroute.check_config import CheckConfig
 from batchroute.checks import (
-    AsyncCheck,
     Check,
     CheckSuite,
-    ChoicesCheck,
-    ConfidenceCheck,
-    JsonSchemaCheck,
-    LengthCheck,
+    ContextCheck,
+    LogprobCheck,
     PythonCheck,
-    RegexCheck,
+    build_check,
     import_function,
 )
 from batchroute.errors import ConfigError
@@ -72,52 +57,40 @@ def build_checks(
 ) -> CheckSuite | None:
     """The suite of a plan, None without checks.
 
-    Raises ValueError("check N (type): key: problem") for a check that cannot work.
+    Raises ValueError("check.key: problem", or "check[N] (type).key: problem" when there
+    are several) for a check that cannot work, a python function that does not import.
     """
     quick: list[Check] = []
-    slow: list[AsyncCheck] = []
+    slow: list[ContextCheck] = []
     columns: list[str] = []
     for number, config in enumerate(configs, start=1):
-        where = f"check {number} ({config.type})" if len(configs) > 1 else "check"
+        where = "check" if len(configs) == 1 else f"check[{number}] ({config.type})"
         try:
-            if isinstance(config, PythonCheckConfig):
-                function = import_function(config.function, base_dir=base_dir)
+            if config.type == "python":
+                assert config.function is not None
+                try:
+                    function = import_function(config.function, base_dir=base_dir)
+                except ValueError as exc:
+                    raise ValueError(f"function: {exc}") from None
                 slow.append(PythonCheck(function, reference=config.function))
-            elif isinstance(config, JudgeCheckConfig):
+            elif config.type == "judge":
                 judge = JudgeCheck(config)
                 slow.append(judge)
                 columns.extend(judge.columns)
+            elif config.type == "confidence" and config.logprobs:
+                if not params.logprobs:
+                    raise ValueError(
+                        "logprobs: the plan must ask for them (params.logprobs = true)"
+                    )
+                assert config.threshold is not None
+                slow.append(LogprobCheck(threshold=config.threshold))
             else:
-                quick.append(_quick_check(config, params=params))
+                check = build_check(config, params=params)
+                assert check is not None
+                quick.append(check)
         except ValueError as exc:
-            raise ValueError(f"{where}: {exc}") from None
+            raise ValueError(f"{where}.{exc}") from None
     return CheckSuite(quick=quick, slow=slow, columns=columns) if quick or slow else None
-
-
-def _quick_check(config: CheckConfig, *, params: Params) -> Check:
-    if isinstance(config, RegexCheckConfig):
-        try:
-            return RegexCheck(config.pattern)
-        except re.error as exc:
-            raise ValueError(f"pattern: not a valid regular expression: {exc}") from None
-    if isinstance(config, ChoicesCheckConfig):
-        return ChoicesCheck(config)
-    if isinstance(config, ConfidenceCheckConfig):
-        if config.logprobs and not params.logprobs:
-            raise ValueError("logprobs: the plan must ask for them (params.logprobs = true)")
-        return ConfidenceCheck(config)
-    if isinstance(config, LengthCheckConfig):
-        return LengthCheck(config)
-    assert isinstance(config, JsonSchemaCheckConfig)
-    schema = config.schema_
-    if schema is None and params.response_format is not None:
-        schema = params.response_format.schema_
-    if schema is None:
-        raise ValueError("schema: a json_schema check needs a schema (or a json_schema response)")
-    try:
-        return JsonSchemaCheck(schema)
-    except jsonschema.exceptions.SchemaError as exc:
-        raise ValueError(f"schema: not a valid JSON schema: {exc.message}") from None
 
 
 class PlanBook:

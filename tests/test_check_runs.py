@@ -131,14 +131,14 @@ def test_each_check_passes_and_fails_where_it_should(
     [
         (
             '{ type = "python", function = "missing_module:f" }',
-            "plans.p.check: cannot import 'missing_module': ModuleNotFoundError",
+            "plans.p.check.function: cannot import 'missing_module': ModuleNotFoundError",
         ),
         (
             '{ type = "python", function = "row_checks:nope" }',
-            "plans.p.check: 'row_checks' has no function 'nope'",
+            "plans.p.check.function: 'row_checks' has no function 'nope'",
         ),
-        ('{ type = "regex", pattern = "(" }', "plans.p.check: pattern: not a valid regular"),
-        ('{ type = "shouting" }', "plans.p.check: Input tag 'shouting' found using 'type'"),
+        ('{ type = "regex", pattern = "(" }', "plans.p.check.pattern: not a valid regular"),
+        ('{ type = "shouting" }', "plans.p.check.type: Input should be 'json_schema'"),
     ],
 )
 def test_a_check_that_cannot_work_is_a_config_error(

@@ -1,4 +1,4 @@
-"""Checks on their own: each check's verdicts, the suite's order and its handling of errors."""
+"""Each check type's verdicts, the judge's, and a suite's order and handling of errors."""
 
 from __future__ import annotations
 
@@ -7,19 +7,18 @@ from typing import Any
 
 import anyio
 import pytest
-from pydantic import TypeAdapter, ValidationError
+from pydantic import ValidationError
 
-from batchroute.check_config import CheckConfig, JudgeCheckConfig, parse_json_path
+from batchroute.check_config import CheckConfig, parse_json_path
 from batchroute.checks import (
     CheckSuite,
-    ChoicesCheck,
-    ConfidenceCheck,
     GraderError,
-    LengthCheck,
+    LogprobCheck,
     PythonCheck,
     RegexCheck,
     Subject,
     Verdict,
+    build_check,
     normalize_label,
     value_at,
 )
@@ -28,11 +27,13 @@ from batchroute.judge import JudgeCheck, read_score
 from batchroute.plans import build_checks
 from batchroute.prompts import Message
 
-CONFIG: TypeAdapter[CheckConfig] = TypeAdapter(CheckConfig)
+
+def config(**raw: Any) -> CheckConfig:
+    return CheckConfig.model_validate(raw)
 
 
-def config(**raw: Any) -> Any:
-    return CONFIG.validate_python(raw)
+def check(**raw: Any) -> Any:
+    return build_check(config(**raw), params=Params())
 
 
 def subject(answer: str, *, logprob: float | None = None, **row: Any) -> Subject:
@@ -58,36 +59,40 @@ def test_json_paths() -> None:
 
 
 def test_choices_on_the_answer_and_on_a_json_field() -> None:
-    plain = ChoicesCheck(config(type="choices", choices=["Billing", "refund"]))
-    assert plain(subject(" billing.")).passed
-    assert plain(subject("shipping")) == Verdict(False, "'shipping' is not one of the 2 choices")
-    field = ChoicesCheck(config(type="choices", choices=["bug"], path="answer"))
-    assert field(subject('{"answer": "BUG"}')).passed
-    assert not field(subject('{"answer": "other"}')).passed
-    assert "not JSON" in (field(subject("bug")).reason or "")
-    exact = ChoicesCheck(config(type="choices", choices=["Bug"], case_sensitive=True))
-    assert exact(subject("Bug")).passed and not exact(subject("bug")).passed
+    plain = check(type="choices", choices=["Billing", "refund"])
+    assert plain(" billing.").passed
+    assert plain("shipping") == Verdict(False, "'shipping' is not one of the 2 choices")
+    field = check(type="choices", choices=["bug"], path="answer")
+    assert field('{"answer": "BUG"}').passed
+    assert not field('{"answer": "other"}').passed
+    assert "not JSON" in (field("bug").reason or "")
+    exact = check(type="choices", choices=["Bug"], case_sensitive=True)
+    assert exact("Bug").passed and not exact("bug").passed
 
 
 def test_confidence_from_a_json_path_and_from_logprobs() -> None:
-    stated = ConfidenceCheck(config(type="confidence", path="$.confidence", threshold=0.7))
-    assert stated(subject('{"confidence": 0.7}')).passed
-    assert stated(subject('{"confidence": 0.69}')).reason == "$.confidence 0.69 < 0.7"
-    assert stated(subject('{"confidence": "high"}')).reason == "$.confidence is not a number"
-    assert stated(subject('{"confidence": true}')).reason == "$.confidence is not a number"
-    logprobs = ConfidenceCheck(config(type="confidence", logprobs=True, threshold=-0.3))
-    assert logprobs(subject("bug", logprob=-0.05)).passed
-    assert not logprobs(subject("bug", logprob=-1.2)).passed
-    assert logprobs(subject("bug")).reason == "the response carried no token logprobs"
+    stated = check(type="confidence", path="$.confidence", threshold=0.7)
+    assert stated('{"confidence": 0.7}').passed
+    assert stated('{"confidence": 0.69}').reason == "$.confidence 0.69 < 0.7"
+    assert stated('{"confidence": "high"}').reason == "$.confidence is not a number"
+    assert stated('{"confidence": true}').reason == "$.confidence is not a number"
+    logprobs = LogprobCheck(threshold=-0.3)
+
+    def verdict(s: Subject) -> Verdict:
+        return anyio.run(lambda: logprobs.verify(s, grader=_NoGrader()))
+
+    assert verdict(subject("bug", logprob=-0.05)).passed
+    assert verdict(subject("bug", logprob=-1.2)).reason == "mean token logprob -1.2 < -0.3"
+    assert verdict(subject("bug")).reason == "the response carried no token logprobs"
 
 
 def test_lengths_and_regex() -> None:
-    at_least = LengthCheck(config(type="min_length", chars=4))
-    at_most = LengthCheck(config(type="max_length", chars=4))
-    assert at_least(subject("four")).passed and not at_least(subject("two")).passed
-    assert at_most(subject("four")).passed
-    assert at_most(subject("fives")).reason == "5 characters, wanted at most 4"
-    assert RegexCheck(r"^\d+$")(subject("42")).passed
+    at_least = check(type="min_length", chars=4)
+    at_most = check(type="max_length", chars=4)
+    assert at_least("four").passed and not at_least("two").passed
+    assert at_most("four").passed
+    assert at_most("fives").reason == "5 characters, wanted at most 4"
+    assert check(type="regex", pattern=r"^\d+$")("42").passed
 
 
 def test_python_check_reads_bool_and_tuple_and_refuses_anything_else() -> None:
@@ -101,7 +106,7 @@ def test_python_check_reads_bool_and_tuple_and_refuses_anything_else() -> None:
 class _Boom:
     name = "boom"
 
-    def __call__(self, subject: Subject) -> Verdict:
+    def __call__(self, answer: str) -> Verdict:
         raise KeyError("confidence")
 
 
@@ -132,7 +137,7 @@ def test_a_raising_check_is_a_failed_check_and_slow_checks_wait_for_quick_ones()
 
 def test_judge_scores_and_its_failed_call_fails_the_check() -> None:
     judge = JudgeCheck(
-        JudgeCheckConfig(type="judge", model="g", prompt="Rate {answer} for {text}", threshold=7)
+        config(type="judge", model="g", prompt="Rate {answer} for {text}", threshold=7)
     )
     assert judge.columns == ("text",)
 
@@ -167,9 +172,13 @@ def test_check_configuration_errors() -> None:
         config(type="confidence", threshold=0.5)
     with pytest.raises(ValidationError, match="is not 'module:function'"):
         config(type="python", function="no_colon")
-    with pytest.raises(ValidationError, match="does not match any of the expected tags"):
+    with pytest.raises(ValidationError, match="a judge check needs 'prompt'"):
+        config(type="judge", model="g", threshold=1)
+    with pytest.raises(ValidationError, match="'chars' does not apply to a choices check"):
+        config(type="choices", choices=["a"], chars=3)
+    with pytest.raises(ValidationError, match="Input should be 'json_schema', 'regex'"):
         config(type="vibes")
-    with pytest.raises(ValueError, match=r"check 2 \(confidence\): logprobs: the plan must ask"):
+    with pytest.raises(ValueError, match=r"check\[2\] \(confidence\)\.logprobs: the plan must ask"):
         build_checks(
             [
                 config(type="min_length", chars=1),
@@ -178,7 +187,7 @@ def test_check_configuration_errors() -> None:
             params=Params(),
             base_dir=None,
         )
-    with pytest.raises(ValueError, match="cannot import 'no_such_module_here'"):
+    with pytest.raises(ValueError, match="^check.function: cannot import 'no_such_module_here'"):
         build_checks(
             [config(type="python", function="no_such_module_here:f")],
             params=Params(),
