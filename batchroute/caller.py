@@ -234,17 +234,6 @@ def _read_completion(body: Any, record: CallRecord) -> tuple[str | None, CallFai
     return content, None
 
 
-def _mean_logprob(choice: Any) -> float | None:
-    """The mean token logprob of an answer, when the request asked for logprobs."""
-    logprobs = choice.get("logprobs") if isinstance(choice, dict) else None
-    tokens = logprobs.get("content") if isinstance(logprobs, dict) else None
-    if not isinstance(tokens, list) or not tokens:
-        return None
-    values = [t.get("logprob") for t in tokens if isinstance(t, dict)]
-    numbers = [float(v) for v in values if isinstance(v, int | float)]
-    return sum(numbers) / len(numbers) if numbers else None
-
-
 def _total_tokens(record: CallRecord) -> int | None:
     if record.prompt_tokens is None:
         return None
@@ -274,3 +263,14 @@ def _stop_error(failure: CallFailure, job: Job) -> RunStopped:
 def _one_line(text: str) -> str:
     line = " ".join(text.split())
     return line if len(line) <= 300 else line[:297] + "..."
+
+
+def _mean_logprob(choice: Any) -> float | None:
+    """The mean token logprob of an answer, when the request asked for logprobs."""
+    logprobs = choice.get("logprobs") if isinstance(choice, dict) else None
+    tokens = logprobs.get("content") if isinstance(logprobs, dict) else None
+    if not isinstance(tokens, list) or not tokens:
+        return None
+    values = [t.get("logprob") for t in tokens if isinstance(t, dict)]
+    numbers = [float(v) for v in values if isinstance(v, int | float)]
+    return sum(numbers) / len(numbers) if numbers else None

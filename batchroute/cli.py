@@ -29,6 +29,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     run.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
 
+    commands.add_parser(
+        "sim",
+        help="serve the simulated provider on 127.0.0.1 (see `batchroute sim --help`)",
+        add_help=False,
+    )
     models = commands.add_parser(
         "models",
         help="compare the job's models with the endpoint's model list",
@@ -36,12 +41,6 @@ def _parser() -> argparse.ArgumentParser:
         " /v1/models), and the served models the job does not use. Exit 2 if one is missing.",
     )
     models.add_argument("job", type=Path, help="the job file (TOML)")
-
-    commands.add_parser(
-        "sim",
-        help="serve the simulated provider on 127.0.0.1 (see `batchroute sim --help`)",
-        add_help=False,
-    )
     return parser
 
 
@@ -71,23 +70,6 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
-def _run(args: argparse.Namespace) -> int:
-    from batchroute.job import load_job
-    from batchroute.runner import run
-    from batchroute.shadow import shadow_lines
-
-    job = load_job(args.job)
-    report = run(job, overwrite=args.overwrite, quiet=args.quiet)
-    print(report.summary_line)
-    for line in shadow_lines(report.summary.get("routes", {})):
-        print(line)
-    print(f"results: {report.results_path}  calls: {report.calls_path}")
-    if report.stop_error is not None:
-        print(f"batchroute: stopped: {report.stop_error}", file=sys.stderr)
-        return report.stop_error.exit_code
-    return 0
-
-
 def _models(args: argparse.Namespace) -> int:
     from batchroute.job import load_job
     from batchroute.models_list import models_report
@@ -105,3 +87,20 @@ def _show_warnings() -> None:
         handler.setFormatter(logging.Formatter("batchroute: warning: %(message)s"))
         logger.addHandler(handler)
         logger.setLevel(logging.WARNING)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from batchroute.job import load_job
+    from batchroute.runner import run
+    from batchroute.shadow import shadow_lines
+
+    job = load_job(args.job)
+    report = run(job, overwrite=args.overwrite, quiet=args.quiet)
+    print(report.summary_line)
+    for line in shadow_lines(report.summary.get("routes", {})):
+        print(line)
+    print(f"results: {report.results_path}  calls: {report.calls_path}")
+    if report.stop_error is not None:
+        print(f"batchroute: stopped: {report.stop_error}", file=sys.stderr)
+        return report.stop_error.exit_code
+    return 0

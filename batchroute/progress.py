@@ -35,6 +35,7 @@ class RunStats:
     routes: RouteStats = field(default_factory=RouteStats)  # per rule, label or plan
 
     def add(self, result: RowResult, *, top_tier_cost: float | None) -> None:
+        self.routes.add(result)
         self.done += 1
         self.ok += result.status == OK
         self.failed += result.status == FAILED
@@ -44,7 +45,6 @@ class RunStats:
         self.fallback += result.fallback_used
         self.calls += len(result.calls)
         self.cost_usd += result.cost_usd
-        self.routes.add(result)
         if self.top_tier_cost_usd is not None and result.status != SKIPPED:
             if top_tier_cost is None:
                 self.top_tier_cost_usd = None
