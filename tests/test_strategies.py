@@ -180,14 +180,20 @@ def test_classifier_labels_pick_plans_and_its_calls_are_charged_to_the_row(
     assert f"{unknown} unknown labels sent to the default" in done.stdout
 
 
-def test_a_classifier_label_that_repeats_after_normalising_is_a_config_error(
-    tmp_path: Path, fresh_sim: SimulatorHandle
+@pytest.mark.parametrize(
+    ("label", "problem"),
+    [
+        ('"BILLING"', "'BILLING' repeats another label once normalised"),
+        ('"Default."', "'Default.' is 'default', the summary's name for unlabelled rows,"),
+        ('"?!"', "'?!' is empty once normalised"),
+    ],
+)
+def test_a_classifier_label_that_cannot_be_told_apart_is_a_config_error(
+    tmp_path: Path, fresh_sim: SimulatorHandle, label: str, problem: str
 ) -> None:
     make_tasks(3).write_parquet(tmp_path / "tasks.parquet")
-    route = CLASSIFIER.replace('refund = "premium"', '"BILLING" = "premium"')
+    route = CLASSIFIER.replace('refund = "premium"', f'{label} = "premium"')
     job = write_job(tmp_path, job_text(base_url=fresh_sim.base_url, route=route, extra=PREMIUM))
     done = run_cli("run", job)
     assert done.returncode == 2
-    assert "route.classifier.labels: 'BILLING' repeats another label once normalised" in (
-        done.stderr
-    )
+    assert f"batchroute: error: {job}: route.classifier.labels: {problem}" in done.stderr
