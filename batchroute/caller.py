@@ -321,6 +321,7 @@ def _read_completion(body: Any, record: CallRecord) -> tuple[str | None, CallFai
         content = choice["message"].get("content")
     except (AttributeError, KeyError, IndexError, TypeError):
         return None, CallFailure(FailureKind.RETRYABLE, "bad_response", "not a chat completion")
+    record.mean_logprob = _mean_logprob(choice)
     if content is None:
         refusal = choice["message"].get("refusal")
         reason = f"refused: {refusal}" if refusal else "empty answer"
@@ -379,3 +380,14 @@ def _stop_error(failure: CallFailure, job: Job) -> RunStopped:
 def _one_line(text: str) -> str:
     line = " ".join(text.split())
     return line if len(line) <= 300 else line[:297] + "..."
+
+
+def _mean_logprob(choice: Any) -> float | None:
+    """The mean token logprob of an answer, when the request asked for logprobs."""
+    logprobs = choice.get("logprobs") if isinstance(choice, dict) else None
+    tokens = logprobs.get("content") if isinstance(logprobs, dict) else None
+    if not isinstance(tokens, list) or not tokens:
+        return None
+    values = [t.get("logprob") for t in tokens if isinstance(t, dict)]
+    numbers = [float(v) for v in values if isinstance(v, int | float)]
+    return sum(numbers) / len(numbers) if numbers else None

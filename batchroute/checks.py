@@ -1,27 +1,111 @@
-"""Checks: decide whether an answer is good enough, or the row escalates to the next tier."""
+"""Checks: decide whether an answer is good enough, or the row escalates to the next tier.
+
+Most checks look at the answer alone and are plain callables, `check(answer) -> Verdict`
+(`Check`). The others need the answer's context: the mean token logprob, the row (a user's
+`python` function, run in a worker thread since it may run tests) or a model call (the
+`judge`). They are `ContextCheck`s, given the answer as a `Subject` and a `Grader` through
+which the executor makes and records their calls. A `CheckSuite` holds a plan's checks: all
+must pass, and the answer-only ones run first so a malformed answer never costs a judge call.
+"""
 
 from __future__ import annotations
 
+import importlib
 import json
+import math
 import re
-from dataclasses import dataclass
+import string
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, Protocol
 
+import anyio
 import jsonschema
 
-from batchroute.job import CheckConfig, Params
+from batchroute.check_config import CheckConfig, parse_json_path
+from batchroute.job import Params
+from batchroute.prompts import Message
+
+# What a label loses before it is compared: surrounding space, punctuation and quotes.
+_LABEL_JUNK = string.whitespace + string.punctuation + "“”‘’«»"
 
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
     passed: bool
     reason: str | None = None  # why it failed, short enough for a table cell
+    check: str | None = None  # which check of a suite failed
+
+
+@dataclass(frozen=True, slots=True)
+class Subject:
+    """What a check judges: the answer, the row it answers, and how it was produced."""
+
+    answer: str
+    row: Mapping[str, Any]
+    model: str
+    mean_logprob: float | None = None  # of the answer's tokens, when the plan asked for them
 
 
 class Check(Protocol):
+    """A check of the answer alone; quick, so it runs on the event loop."""
+
     name: str
 
     def __call__(self, answer: str) -> Verdict: ...
+
+
+class GraderError(Exception):
+    """A grader's call failed after its retries and fallbacks."""
+
+
+class Grader(Protocol):
+    """How a check asks a model: through the run's Caller, recorded and charged to the row."""
+
+    async def ask(self, *, model: str, messages: list[Message], params: dict[str, Any]) -> str:
+        """The model's answer; raises GraderError when the call fails."""
+        ...
+
+
+class ContextCheck(Protocol):
+    """A check that needs more than the answer: logprobs, the row, or a model (`judge`)."""
+
+    name: str
+
+    async def verify(self, subject: Subject, *, grader: Grader) -> Verdict: ...
+
+
+def normalize_label(text: str) -> str:
+    """`"Hard."`, `' hard '` and `**HARD**` all become `hard`."""
+    return text.strip(_LABEL_JUNK).casefold()
+
+
+def value_at(answer: str, *, steps: Sequence[str | int]) -> Any:
+    """The value at a parsed JSON path of the answer; raises ValueError saying what is missing."""
+    try:
+        value: Any = json.loads(answer)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not JSON: {exc.msg} at char {exc.pos}") from None
+    for step in steps:
+        if isinstance(step, int) and isinstance(value, list) and step < len(value):
+            value = value[step]
+        elif isinstance(step, str) and isinstance(value, dict) and step in value:
+            value = value[step]
+        else:
+            raise ValueError(f"no {_show_path(steps)} in the answer")
+    return value
+
+
+def _show_path(steps: Sequence[str | int]) -> str:
+    return "$" + "".join(f"[{s}]" if isinstance(s, int) else f".{s}" for s in steps)
+
+
+def as_number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+        return None
+    return float(value)
 
 
 class JsonSchemaCheck:
@@ -60,19 +144,203 @@ class RegexCheck:
         return Verdict(False, f"no match for /{self._pattern.pattern}/")
 
 
-def build_check(config: CheckConfig | None, *, params: Params) -> Check | None:
-    """The check of a plan; a json_schema check without a schema uses the response format's.
+class ChoicesCheck:
+    """The answer, or a JSON field of it, is one of a set (labels compared normalised)."""
 
-    Raises ValueError (or jsonschema's SchemaError) for a schema or pattern that cannot work.
+    name = "choices"
+
+    def __init__(
+        self, choices: Sequence[str], *, path: str | None = None, case_sensitive: bool = False
+    ) -> None:
+        self._fold = str.strip if case_sensitive else normalize_label
+        self._choices = frozenset(self._fold(c) for c in choices)
+        self._steps = parse_json_path(path) if path is not None else None
+
+    def __call__(self, answer: str) -> Verdict:
+        value: Any = answer
+        if self._steps is not None:
+            try:
+                value = value_at(answer, steps=self._steps)
+            except ValueError as exc:
+                return Verdict(False, str(exc))
+        if isinstance(value, str | int | float) and self._fold(str(value)) in self._choices:
+            return Verdict(True)
+        shown = value if not isinstance(value, str) or len(value) <= 40 else value[:37] + "..."
+        return Verdict(False, f"{shown!r} is not one of the {len(self._choices)} choices")
+
+
+class ConfidenceCheck:
+    """The number at a JSON path of the answer (a stated confidence) is at least a threshold."""
+
+    name = "confidence"
+
+    def __init__(self, *, path: str, threshold: float) -> None:
+        self._steps = parse_json_path(path)
+        self._threshold = threshold
+
+    def __call__(self, answer: str) -> Verdict:
+        what = _show_path(self._steps)
+        try:
+            value = as_number(value_at(answer, steps=self._steps))
+        except ValueError as exc:
+            return Verdict(False, str(exc))
+        if value is None:
+            return Verdict(False, f"{what} is not a number")
+        if value >= self._threshold:
+            return Verdict(True)
+        return Verdict(False, f"{what} {value:.3g} < {self._threshold:g}")
+
+
+class LogprobCheck:
+    """The answer's mean token logprob is at least a threshold (the plan asks for logprobs)."""
+
+    name = "confidence"
+
+    def __init__(self, *, threshold: float) -> None:
+        self._threshold = threshold
+
+    async def verify(self, subject: Subject, *, grader: Grader) -> Verdict:
+        value = subject.mean_logprob
+        if value is None:
+            return Verdict(False, "the response carried no token logprobs")
+        if value >= self._threshold:
+            return Verdict(True)
+        return Verdict(False, f"mean token logprob {value:.3g} < {self._threshold:g}")
+
+
+class LengthCheck:
+    """The answer has at least (`min_length`) or at most (`max_length`) so many characters."""
+
+    def __init__(self, *, chars: int, at_least: bool) -> None:
+        self.name = "min_length" if at_least else "max_length"
+        self._chars = chars
+        self._at_least = at_least
+
+    def __call__(self, answer: str) -> Verdict:
+        size = len(answer)
+        if (size >= self._chars) if self._at_least else (size <= self._chars):
+            return Verdict(True)
+        bound = "at least" if self._at_least else "at most"
+        return Verdict(False, f"{size} characters, wanted {bound} {self._chars}")
+
+
+class PythonCheck:
+    """A user function `f(row, answer)` returning a bool or (bool, reason), on a worker thread.
+
+    A thread, because "run the tests on this code" may take seconds and must not stall the
+    event loop that all other rows share.
+    """
+
+    name = "python"
+
+    def __init__(self, function: Callable[..., Any], *, reference: str) -> None:
+        self._function = function
+        self._reference = reference
+
+    async def verify(self, subject: Subject, *, grader: Grader) -> Verdict:
+        outcome = await anyio.to_thread.run_sync(self._function, dict(subject.row), subject.answer)
+        return self.read(outcome)
+
+    def read(self, outcome: Any) -> Verdict:
+        if isinstance(outcome, bool):
+            return Verdict(outcome, None if outcome else f"{self._reference} returned False")
+        if (
+            isinstance(outcome, tuple)
+            and len(outcome) == 2
+            and isinstance(outcome[0], bool)
+            and (outcome[1] is None or isinstance(outcome[1], str))
+        ):
+            passed, reason = outcome
+            return Verdict(passed, None if passed else reason or f"{self._reference} failed")
+        kind = type(outcome).__name__
+        return Verdict(False, f"{self._reference} returned {kind}, not a bool or (bool, reason)")
+
+
+def import_function(reference: str, *, base_dir: Path | None) -> Callable[..., Any]:
+    """Import `module:function`, with the job's directory first on sys.path.
+
+    Raises ValueError with a message for the job file's error line.
+    """
+    module_name, _, attribute = reference.partition(":")
+    if base_dir is not None and str(base_dir) not in sys.path:
+        # The documented place for a job's own checks is beside the job file.
+        sys.path.insert(0, str(base_dir))
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # the user's module runs at import: any error is a config error
+        raise ValueError(f"cannot import {module_name!r}: {type(exc).__name__}: {exc}") from None
+    function = getattr(module, attribute, None)
+    if not callable(function):
+        raise ValueError(f"{module_name!r} has no function {attribute!r}")
+    return function
+
+
+class CheckSuite:
+    """A plan's checks: all must pass; the first failure is the verdict."""
+
+    def __init__(
+        self,
+        *,
+        quick: Sequence[Check] = (),
+        slow: Sequence[ContextCheck] = (),
+        columns: Sequence[str] = (),
+    ) -> None:
+        self._quick = tuple(quick)
+        self._slow = tuple(slow)
+        self.columns = tuple(columns)  # dataset columns the checks read (a judge's rubric)
+        names = [c.name for c in self._quick] + [c.name for c in self._slow]
+        self.name = "+".join(names)
+
+    async def verify(self, subject: Subject, *, grader: Grader) -> Verdict:
+        for check in self._quick:
+            try:
+                verdict = check(subject.answer)
+            except Exception as exc:  # a check that raises fails the answer, never the row
+                verdict = _raised(exc)
+            if not verdict.passed:
+                return replace(verdict, check=check.name)
+        for slow in self._slow:
+            try:
+                verdict = await slow.verify(subject, grader=grader)
+            except Exception as exc:  # above all a user's python check: any exception at all
+                verdict = _raised(exc)
+            if not verdict.passed:
+                return replace(verdict, check=slow.name)
+        return Verdict(True)
+
+
+def _raised(exc: Exception) -> Verdict:
+    return Verdict(False, f"raised {type(exc).__name__}: {exc}")
+
+
+ANSWER_CHECKS = ("json_schema", "regex", "choices", "confidence", "min_length", "max_length")
+
+
+def build_check(config: CheckConfig | None, *, params: Params) -> Check | None:
+    """The check of one answer-only config (a `confidence` on logprobs is not one).
+
+    A json_schema check without a schema uses the response format's. Raises ValueError
+    ("key: problem") for a schema, pattern or path that cannot work.
     """
     if config is None:
         return None
+    if config.type not in ANSWER_CHECKS or config.logprobs:
+        raise ValueError(f"type: a {config.type} check needs more than the answer")
     if config.type == "regex":
         assert config.pattern is not None
         try:
             return RegexCheck(config.pattern)
         except re.error as exc:
             raise ValueError(f"pattern: not a valid regular expression: {exc}") from None
+    if config.type == "choices":
+        assert config.choices is not None
+        return ChoicesCheck(config.choices, path=config.path, case_sensitive=config.case_sensitive)
+    if config.type == "confidence":
+        assert config.path is not None and config.threshold is not None
+        return ConfidenceCheck(path=config.path, threshold=config.threshold)
+    if config.type in ("min_length", "max_length"):
+        assert config.chars is not None
+        return LengthCheck(chars=config.chars, at_least=config.type == "min_length")
     schema = config.schema_
     if schema is None and params.response_format is not None:
         schema = params.response_format.schema_

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
@@ -81,6 +82,13 @@ def _parser() -> argparse.ArgumentParser:
         help="serve the simulated provider on 127.0.0.1 (see `batchroute sim --help`)",
         add_help=False,
     )
+    models = commands.add_parser(
+        "models",
+        help="compare the job's models with the endpoint's model list",
+        description="Print every model the job names, whether the endpoint serves it (GET"
+        " /v1/models), and the served models the job does not use. Exit 2 if one is missing.",
+    )
+    models.add_argument("job", type=Path, help="the job file (TOML)")
     return parser
 
 
@@ -91,8 +99,11 @@ def main(argv: list[str] | None = None) -> int:
 
         return sim_main(args_list[1:])
     args = _parser().parse_args(args_list)
+    _show_warnings()
     try:
-        return _estimate(args) if args.command == "estimate" else _run(args)
+        if args.command == "estimate":
+            return _estimate(args)
+        return _models(args) if args.command == "models" else _run(args)
     except BatchrouteError as exc:
         print(f"batchroute: error: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -113,10 +124,30 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def _models(args: argparse.Namespace) -> int:
+    from batchroute.job import load_job
+    from batchroute.models_list import models_report
+
+    report = models_report(load_job(args.job))
+    print("\n".join(report.lines()))
+    return 2 if report.missing else 0
+
+
+def _show_warnings() -> None:
+    """The library's warnings (logger "batchroute") as one line each on stderr."""
+    logger = logging.getLogger("batchroute")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("batchroute: warning: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.WARNING)
+
+
 def _run(args: argparse.Namespace) -> int:
     from batchroute.job import load_job
     from batchroute.preflight import RunOptions
     from batchroute.runner import run
+    from batchroute.shadow import shadow_lines
 
     job = load_job(args.job)
     options = RunOptions(
@@ -130,6 +161,8 @@ def _run(args: argparse.Namespace) -> int:
     if report.resumed:
         print(f"resumed run {report.run_id}: stored answers were reused, not paid again")
     print(report.summary_line)
+    for line in shadow_lines(report.summary.get("routes", {})):
+        print(line)
     print(f"results: {report.results_path}  calls: {report.calls_path}")
     if report.stop_error is not None:
         print(f"batchroute: stopped: {report.stop_error}", file=sys.stderr)

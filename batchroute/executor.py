@@ -1,16 +1,25 @@
-"""The Executor: runs one row's plan tier by tier, escalating when the check fails."""
+"""The Executor: runs one row's plan tier by tier, escalating when the check fails.
+
+A row's calls, in order: the classifier's (when the plan is pending a label), each tier's
+with any judge calls of its checks, and for a sampled row the shadow answer of the cheapest
+tier. All go through the Caller and all are recorded on the row; shadow calls are marked so
+and kept out of the row's cost.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
 
-from batchroute.caller import Caller
+from batchroute.caller import Caller, TierOutcome
+from batchroute.checks import GraderError, Subject, Verdict
+from batchroute.classifier import Classifier
 from batchroute.errors import FailureKind
 from batchroute.job import Job
-from batchroute.prompts import BadRowInput, build_messages
-from batchroute.records import FAILED, SKIPPED, RowResult
+from batchroute.prompts import BadRowInput, Message, build_messages
+from batchroute.records import ANSWER, CLASSIFIER, FAILED, JUDGE, OK, SKIPPED, CallRecord, RowResult
 from batchroute.router import Plan
+from batchroute.shadow import ShadowPolicy
 
 
 class Executor:
@@ -21,9 +30,11 @@ class Executor:
         self._prompt = job.input.template()
         self._system = job.input.system_template()
         self._messages_column = job.input.messages
+        self._shadow = ShadowPolicy.from_job(job)
 
     async def run_row(self, row_id: object, row: Mapping[str, Any], plan: Plan) -> RowResult:
-        result = RowResult(row_id=row_id, plan=plan.name)
+        result = RowResult(row_id=row_id, plan=plan.name, rule=plan.rule)
+        result.route_key = plan.rule or plan.name
         try:
             messages = build_messages(
                 row,
@@ -34,7 +45,62 @@ class Executor:
         except BadRowInput as exc:
             result.status, result.error = FAILED, f"bad input: {exc}"
             return result
+        if plan.classifier is not None:
+            plan = await self._classify(row_id, row=row, classifier=plan.classifier, result=result)
+        verdicts = await self._run_tiers(
+            row_id, row=row, messages=messages, plan=plan, result=result
+        )
+        shadow = self._shadow
+        if shadow is not None and plan.check is not None and result.status == OK:
+            result.past_cheapest = shadow.past(result.model)
+            if result.past_cheapest and shadow.sampled(row_id):
+                await self._run_shadow(
+                    shadow.model,
+                    row=row,
+                    messages=messages,
+                    plan=plan,
+                    result=result,
+                    verdicts=verdicts,
+                )
+        return result
 
+    async def _classify(
+        self,
+        row_id: object,
+        *,
+        row: Mapping[str, Any],
+        classifier: Classifier,
+        result: RowResult,
+    ) -> Plan:
+        """Ask the classifier model for the row's label; the label's plan, else the default."""
+        reply = None
+        try:
+            messages = classifier.messages(row)
+        except BadRowInput:
+            pass  # the classifier's own columns are null: no label, the default plan answers
+        else:
+            outcome = await self._caller.call_tier(
+                row_id, tier=0, model=classifier.model, messages=messages, params=classifier.params
+            )
+            result.calls.extend(_marked(outcome.records, purpose=CLASSIFIER))
+            if outcome.failure is None:
+                reply = outcome.answer
+        picked = classifier.pick(reply)
+        result.label, result.label_unknown = picked.label, not picked.known
+        result.route_key, result.plan = picked.route_key, picked.plan.name
+        return picked.plan
+
+    async def _run_tiers(
+        self,
+        row_id: object,
+        *,
+        row: Mapping[str, Any],
+        messages: list[Message],
+        plan: Plan,
+        result: RowResult,
+    ) -> dict[str, Verdict]:
+        """Each tier in turn until an answer passes; returns the verdict per answering model."""
+        verdicts: dict[str, Verdict] = {}
         for tier, model in enumerate(plan.tiers):
             result.tiers_tried.append(model)
             outcome = await self._caller.call_tier(
@@ -48,23 +114,98 @@ class Executor:
                 skipped = outcome.failure.kind is FailureKind.SKIP
                 result.status = SKIPPED if skipped else FAILED
                 result.error = f"{outcome.failure.error_kind}: {outcome.failure.message}"
-                return result
+                return verdicts
             result.answer, result.model = outcome.answer, outcome.model
             result.fallback_used = result.fallback_used or outcome.fallback_used
             if plan.check is None:
-                return result
-            assert outcome.answer is not None
-            verdict = plan.check(outcome.answer)
+                return verdicts
+            grader = _RowGrader(self._caller, row_id=row_id, tier=tier, result=result)
+            verdict = await plan.check.verify(_subject(outcome, row=row), grader=grader)
+            assert outcome.model is not None
+            verdicts[outcome.model] = verdict
             result.check_passed = verdict.passed
             if verdict.passed:
-                return result
+                return verdicts
             if tier + 1 < len(plan.tiers):
                 # Escalation: the reason recorded is the first failed check's, which is
                 # what sent the row past its first tier.
                 result.escalated = True
                 result.escalation_reason = result.escalation_reason or (
-                    f"{plan.check.name} failed on {model}: {verdict.reason}"
+                    f"{verdict.check or plan.check.name} failed on {model}: {verdict.reason}"
                 )
         # Every tier's answer failed the check: keep the last answer (it is often still the
         # best there is) and let `check_passed = false` say that nothing vouched for it.
-        return result
+        return verdicts
+
+    async def _run_shadow(
+        self,
+        model: str,
+        *,
+        row: Mapping[str, Any],
+        messages: list[Message],
+        plan: Plan,
+        result: RowResult,
+        verdicts: Mapping[str, Verdict],
+    ) -> None:
+        """Would the cheapest model's answer have passed the plan's checks for this row?"""
+        assert plan.check is not None
+        row_id = result.row_id
+        if model in verdicts:
+            # It was a tier of this row and failed the check: the answer is known, for free.
+            result.shadow_passed = verdicts[model].passed
+            return
+        outcome = await self._caller.call_tier(
+            row_id, tier=0, model=model, messages=messages, params=plan.params
+        )
+        result.calls.extend(_marked(outcome.records, purpose=ANSWER, shadow=True))
+        if outcome.failure is not None or outcome.model != model:
+            return  # no verdict when the cheapest model itself did not answer
+        grader = _RowGrader(self._caller, row_id=row_id, tier=0, result=result, shadow=True)
+        verdict = await plan.check.verify(_subject(outcome, row=row), grader=grader)
+        result.shadow_passed = verdict.passed
+
+
+class _RowGrader:
+    """A check's model calls for one row: through the Caller, recorded on the row as `judge`."""
+
+    def __init__(
+        self,
+        caller: Caller,
+        *,
+        row_id: object,
+        tier: int,
+        result: RowResult,
+        shadow: bool = False,
+    ) -> None:
+        self._caller = caller
+        self._row_id = row_id
+        self._tier = tier
+        self._result = result
+        self._shadow = shadow
+
+    async def ask(self, *, model: str, messages: list[Message], params: dict[str, Any]) -> str:
+        outcome = await self._caller.call_tier(
+            self._row_id, tier=self._tier, model=model, messages=messages, params=params
+        )
+        self._result.calls.extend(_marked(outcome.records, purpose=JUDGE, shadow=self._shadow))
+        if outcome.failure is not None:
+            raise GraderError(f"{outcome.failure.error_kind}: {outcome.failure.message}")
+        assert outcome.answer is not None
+        return outcome.answer
+
+
+def _subject(outcome: TierOutcome, *, row: Mapping[str, Any]) -> Subject:
+    assert outcome.answer is not None and outcome.model is not None
+    # The last record is the attempt that answered; its logprobs are the answer's.
+    return Subject(
+        answer=outcome.answer,
+        row=row,
+        model=outcome.model,
+        mean_logprob=outcome.records[-1].mean_logprob if outcome.records else None,
+    )
+
+
+def _marked(records: list[CallRecord], *, purpose: str, shadow: bool = False) -> list[CallRecord]:
+    for record in records:
+        record.purpose, record.shadow = purpose, shadow
+    return records

@@ -18,6 +18,8 @@ from pydantic import (
     model_validator,
 )
 
+from batchroute.check_config import CheckConfig as CheckConfig  # re-exported
+from batchroute.check_config import Checks, as_check_list
 from batchroute.errors import ConfigError
 from batchroute.prompts import PromptTemplate
 
@@ -126,10 +128,11 @@ class Params(_Section):
     top_p: Annotated[float, Field(gt=0, le=1)] | None = None
     seed: int | None = None
     response_format: ResponseFormat | None = None
+    logprobs: bool | None = None  # ask for token logprobs (a `confidence` check can read them)
 
     def to_wire(self) -> dict[str, Any]:
         wire: dict[str, Any] = {}
-        for key in ("max_tokens", "temperature", "top_p", "seed"):
+        for key in ("max_tokens", "temperature", "top_p", "seed", "logprobs"):
             value = getattr(self, key)
             if value is not None:
                 wire[key] = value
@@ -138,24 +141,64 @@ class Params(_Section):
         return wire
 
 
-class CheckConfig(_Section):
-    type: Literal["json_schema", "regex"]
-    schema_: Annotated[dict[str, Any] | None, Field(alias="schema")] = None
-    pattern: str | None = None
+# --- routing strategies: rules, classifier, named plans, shadow sampling -------------------
+
+
+class RuleConfig(_Section):
+    """One `[[route.rules]]` entry: a SQL predicate over the row's columns and its target."""
+
+    when: str
+    target: str  # a `[plans]` name or a model name
+    name: str | None = None  # default: "rule N"
+
+
+class ClassifierConfig(_Section):
+    """`[route.classifier]`: a cheap model's normalised label picks the target."""
+
+    model: str
+    prompt: str
+    system: str | None = None
+    labels: Annotated[dict[str, str], Field(min_length=1)]  # label -> target
+    max_tokens: Annotated[int, Field(gt=0)] = 16
+    temperature: Annotated[float, Field(ge=0, le=2)] = 0.0
 
     @model_validator(mode="after")
-    def _needs_its_argument(self) -> CheckConfig:
-        if self.type == "regex" and self.pattern is None:
-            raise ValueError("a regex check needs 'pattern'")
-        if self.type != "regex" and self.pattern is not None:
-            raise ValueError(f"'pattern' does not apply to a {self.type} check")
+    def _templates_parse(self) -> ClassifierConfig:
+        PromptTemplate.parse(self.prompt)
+        if self.system is not None:
+            PromptTemplate.parse(self.system)
         return self
+
+    def template(self) -> PromptTemplate:
+        return PromptTemplate.parse(self.prompt)
+
+    def system_template(self) -> PromptTemplate | None:
+        return PromptTemplate.parse(self.system) if self.system is not None else None
+
+
+class PlanConfig(_Section):
+    """`[plans.NAME]`: tiers with their own checks and parameters, for rules and labels to name."""
+
+    tiers: Annotated[tuple[str, ...], Field(min_length=1)]
+    check: Checks | None = None  # none: the job's [check]; an empty list: no check
+    params: Params | None = None  # merged over the job's [params], key by key
+
+    _checks = field_validator("check", mode="before")(as_check_list)
+
+
+# --- end of routing strategies ---------------------------------------------------------------
 
 
 class RouteConfig(_Section):
-    strategy: Literal["fixed", "cascade"]
+    strategy: Literal["fixed", "cascade", "rules", "classifier"]
     model: str | None = None
     tiers: tuple[str, ...] = ()
+    rules: tuple[RuleConfig, ...] = ()
+    classifier: ClassifierConfig | None = None
+    default: str | None = None  # rules and classifier: the target when nothing else applies
+    shadow_rate: Annotated[float, Field(ge=0, le=1)] = 0.0
+    shadow_model: str | None = None  # default: the cheapest tier by usd_per_mtok
+    seed: int = 0  # of shadow sampling
 
     @model_validator(mode="after")
     def _shape_fits_strategy(self) -> RouteConfig:
@@ -164,6 +207,28 @@ class RouteConfig(_Section):
         if self.strategy == "cascade" and (len(self.tiers) < 2 or self.model is not None):
             raise ValueError("strategy 'cascade' takes 'tiers', two or more models")
         return self
+
+    @model_validator(mode="after")
+    def _strategy_keys_fit(self) -> RouteConfig:
+        routed = self.strategy in ("rules", "classifier")
+        if routed and (self.model is not None or self.tiers):
+            raise ValueError(f"strategy {self.strategy!r} takes targets, not 'model' or 'tiers'")
+        if routed and self.default is None:
+            raise ValueError(f"strategy {self.strategy!r} needs 'default', the target of the rest")
+        if (self.strategy == "rules") != bool(self.rules):
+            raise ValueError("'rules' go with strategy 'rules', which needs one or more")
+        if (self.strategy == "classifier") != (self.classifier is not None):
+            raise ValueError("[route.classifier] goes with strategy 'classifier', which needs it")
+        if not routed and self.default is not None:
+            raise ValueError(f"'default' does not apply to strategy {self.strategy!r}")
+        names = [rule.name for rule in self.rules if rule.name is not None]
+        if len(names) != len(set(names)):
+            raise ValueError("two rules have the same name")
+        return self
+
+    def rule_name(self, index: int) -> str:
+        """The name of rule `index` (0-based): its own, else "rule N" counting from 1."""
+        return self.rules[index].name or f"rule {index + 1}"
 
 
 class RunConfig(_Section):
@@ -189,10 +254,13 @@ class Job(_Section):
     models: dict[str, ModelConfig] = {}
     route: RouteConfig
     params: Params = Params()
-    check: CheckConfig | None = None
+    check: Checks | None = None  # `[check]` or `[[check]]`: all must pass
+    plans: dict[str, PlanConfig] = {}
     run: RunConfig = RunConfig()
     store: StoreConfig = StoreConfig()
     source: Annotated[Path | None, Field(exclude=True)] = None
+
+    _checks = field_validator("check", mode="before")(as_check_list)
 
     @model_validator(mode="after")
     def _models_are_known(self) -> Job:
@@ -201,6 +269,17 @@ class Job(_Section):
             named.update(model.fallbacks)
         if self.models:
             missing = sorted(named - set(self.models))
+            if missing:
+                raise ValueError(f"model {missing[0]!r} is used but has no [models] table")
+        return self
+
+    @model_validator(mode="after")
+    def _targets_are_known(self) -> Job:
+        clash = sorted(set(self.plans) & set(self.models))
+        if clash:
+            raise ValueError(f"plans.{clash[0]}: a plan may not have the name of a model")
+        if self.models:
+            missing = sorted(set(models_named(self)) - set(self.models))
             if missing:
                 raise ValueError(f"model {missing[0]!r} is used but has no [models] table")
         return self
@@ -241,6 +320,48 @@ _PATH_SETTINGS = (
     ("simulator", "models"),
     ("store", "path"),
 )
+
+
+def route_targets(job: Job) -> list[str]:
+    """Every target the route names, in order: rules' or labels', then the default."""
+    route = job.route
+    targets = [rule.target for rule in route.rules]
+    if route.classifier is not None:
+        targets += list(route.classifier.labels.values())
+    return targets + ([route.default] if route.default is not None else [])
+
+
+def models_named(job: Job) -> dict[str, list[str]]:
+    """Every model the job names, with what it is used as (tier, classifier, judge, ...)."""
+    roles: dict[str, list[str]] = {}
+
+    def note(model: str, role: str) -> None:
+        uses = roles.setdefault(model, [])
+        if role not in uses:
+            uses.append(role)
+
+    route = job.route
+    for model in (route.model, *route.tiers):
+        if model is not None:
+            note(model, "tier")
+    for target in route_targets(job):
+        if target not in job.plans:
+            note(target, "target")
+    for name, plan in job.plans.items():
+        for model in plan.tiers:
+            note(model, f"tier of plan {name}")
+    for checks in (job.check or (), *(plan.check or () for plan in job.plans.values())):
+        for check in checks:
+            if check.type == "judge" and check.model is not None:
+                note(check.model, "judge")
+    if route.classifier is not None:
+        note(route.classifier.model, "classifier")
+    if route.shadow_model is not None:
+        note(route.shadow_model, "shadow")
+    for model in list(roles):
+        for fallback in job.model(model).fallbacks:
+            note(fallback, f"fallback of {model}")
+    return roles
 
 
 def load_job(path: Path | str) -> Job:

@@ -55,12 +55,13 @@ def prepare(job: Job, options: RunOptions) -> Prepared:
     )
     _check_columns(job, dataset)
     router = build_router(job)
+    router.validate(dataset)  # rule predicates, classifier and judge templates vs the columns
     job_key = job.key()
     for path in (job.output.path, job.output.calls_path):
         check_output(path, job_key=job_key, force=options.force)
     if job.output.path.resolve() == job.output.calls_path.resolve():
         raise ConfigError(f"{job.source}: output.calls must differ from output.path")
-    api_key = _api_key(job)
+    key = api_key(job)
     previous_run = _previous_run(options.retry_failed, job_key=job_key)
     assert job.store.path is not None  # load_job fills in the default
     store = CallStore(job.store.path)
@@ -70,7 +71,7 @@ def prepare(job: Job, options: RunOptions) -> Prepared:
     return Prepared(
         dataset,
         router,
-        api_key,
+        key,
         store,
         run_id,
         resumed=run_id != new_run_id,
@@ -126,7 +127,7 @@ def _previous_run(path: Path | None, *, job_key: str) -> str | None:
     return str(run_id) if run_id else None
 
 
-def _api_key(job: Job) -> str:
+def api_key(job: Job) -> str:
     name = job.endpoint.api_key_env
     if name is None:
         # Local servers (the simulator, llama.cpp, vLLM) accept any key; the SDK needs one.

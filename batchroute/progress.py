@@ -12,6 +12,7 @@ from tqdm import tqdm
 from batchroute.job import Job
 from batchroute.records import FAILED, OK, SKIPPED, RowResult
 from batchroute.router import Plan, Router
+from batchroute.shadow import RouteStats
 
 
 @dataclass(slots=True)
@@ -34,8 +35,10 @@ class RunStats:
     top_tier_cost_usd: float | None = 0.0
     top_tier: str | None = None
     balance_usd: float | None = None
+    routes: RouteStats = field(default_factory=RouteStats)  # per rule, label or plan
 
     def add(self, result: RowResult, *, top_tier_cost: float | None) -> None:
+        self.routes.add(result)
         self.done += 1
         self.ok += result.status == OK
         self.failed += result.status == FAILED
@@ -75,6 +78,9 @@ class RunStats:
             "top_tier_cost_usd": self.top_tier_cost_usd,
             "balance_usd": self.balance_usd,
             "elapsed_s": round(self.elapsed_s, 3),
+            "routes": self.routes.as_dict(),
+            "unknown_labels": self.routes.unknown_labels,
+            "shadow_cost_usd": self.routes.shadow_cost_usd,
         }
 
     def summary_line(self) -> str:
@@ -102,6 +108,10 @@ class RunStats:
                 if saving >= 0
                 else f"vs ~${self.top_tier_cost_usd:.4f} all on {self.top_tier}"
             )
+        if self.routes.unknown_labels:
+            parts.append(f"{self.routes.unknown_labels} unknown labels sent to the default")
+        if self.routes.shadow_cost_usd:
+            parts.append(f"shadow sampling ${self.routes.shadow_cost_usd:.4f} (not in the total)")
         if self.balance_usd is not None:
             parts.append(f"balance ${self.balance_usd:.2f}")
         parts.append(f"{self.elapsed_s:.1f}s ({self.done / max(self.elapsed_s, 1e-9):.0f} rows/s)")
@@ -157,13 +167,13 @@ def top_tier_cost(result: RowResult, plan: Plan, job: Job, top: str | None) -> f
     """The row's cost had it gone straight to the top tier: paid if it did, else priced."""
     if top is None:
         return None
-    for call in result.calls:
+    for call in result.answer_calls:  # not the classifier's, a judge's or a shadow call
         if call.model == top and call.ok and call.charge_usd is not None:
             return call.charge_usd
     prices = job.model(top).usd_per_mtok
     if prices is None:
         return None
-    for call in result.calls:
+    for call in result.answer_calls:
         if call.ok and call.prompt_tokens is not None:
             tokens_in, tokens_out = call.prompt_tokens, call.completion_tokens or 0
             return (tokens_in * prices.input + tokens_out * prices.output) / 1_000_000

@@ -15,6 +15,10 @@ MIXED = "mixed"  # a row whose calls were charged from different sources
 
 OK, FAILED, SKIPPED = "ok", "failed", "skipped"
 
+# purpose values: why a call was made. Every purpose is charged to the row, except calls
+# made for shadow sampling (`shadow = true`), which are kept apart in `shadow_cost_usd`.
+ANSWER, CLASSIFIER, JUDGE = "answer", "classifier", "judge"
+
 
 @dataclass(slots=True)
 class CallRecord:
@@ -35,6 +39,9 @@ class CallRecord:
     balance_usd: float | None = None
     request_id: str | None = None
     cached: bool = False
+    purpose: str = ANSWER
+    shadow: bool = False
+    mean_logprob: float | None = None  # of the answer's tokens, when logprobs were asked for
 
     @property
     def ok(self) -> bool:
@@ -56,20 +63,49 @@ class RowResult:
     error: str | None = None
     calls: list[CallRecord] = field(default_factory=list)
     label: str | None = None
+    rule: str | None = None  # the rule that picked the plan (rules strategy)
+    route_key: str | None = None  # rule, label or plan: what the summary groups rows by
+    label_unknown: bool = False  # the classifier's label picked no target: the default did
+    past_cheapest: bool = False  # the router sent the row past the cheapest tier
+    shadow_passed: bool | None = None  # sampled: would the cheapest tier have passed?
+
+    @property
+    def charged_calls(self) -> list[CallRecord]:
+        """The calls charged to the row: all but shadow sampling's."""
+        return [c for c in self.calls if not c.shadow]
+
+    @property
+    def answer_calls(self) -> list[CallRecord]:
+        """The calls of the plan's tiers: no classifier, judge or shadow calls."""
+        return [c for c in self.calls if c.purpose == ANSWER and not c.shadow]
 
     @property
     def cost_usd(self) -> float:
-        return sum(c.charge_usd for c in self.calls if c.charge_usd is not None)
+        return sum(c.charge_usd for c in self.charged_calls if c.charge_usd is not None)
 
     @property
     def cost_source(self) -> str | None:
-        sources = {c.cost_source for c in self.calls if c.charge_usd is not None}
+        charged = self.charged_calls
+        sources = {c.cost_source for c in charged if c.charge_usd is not None}
         if not sources:
-            return UNKNOWN if self.calls else None
+            return UNKNOWN if charged else None
         return sources.pop() if len(sources) == 1 else MIXED
 
+    @property
+    def classifier_cost_usd(self) -> float | None:
+        calls = [c for c in self.charged_calls if c.purpose == CLASSIFIER]
+        return sum(c.charge_usd or 0.0 for c in calls) if calls else None
+
+    @property
+    def shadow_cost_usd(self) -> float | None:
+        """What shadow sampling spent on the row; None when the row was not sampled."""
+        calls = [c for c in self.calls if c.shadow]
+        if not calls and self.shadow_passed is None:
+            return None
+        return sum(c.charge_usd or 0.0 for c in calls)
+
     def tokens(self, attr: str) -> int:
-        return sum(getattr(c, attr) or 0 for c in self.calls)
+        return sum(getattr(c, attr) or 0 for c in self.charged_calls)
 
 
 def call_schema(id_dtype: pl.DataType) -> dict[str, pl.DataType]:
@@ -91,6 +127,10 @@ def call_schema(id_dtype: pl.DataType) -> dict[str, pl.DataType]:
         "request_id": pl.String(),
         "cached": pl.Boolean(),
         "started_at": pl.Datetime("us", "UTC"),
+        # routing strategies
+        "purpose": pl.String(),
+        "shadow": pl.Boolean(),
+        "mean_logprob": pl.Float64(),
     }
 
 
@@ -115,6 +155,11 @@ def result_schema(id_dtype: pl.DataType) -> dict[str, pl.DataType]:
         "latency_s": pl.Float64(),
         "label": pl.String(),
         "cached": pl.Boolean(),
+        # routing strategies
+        "rule": pl.String(),
+        "classifier_cost_usd": pl.Float64(),
+        "shadow_passed": pl.Boolean(),
+        "shadow_cost_usd": pl.Float64(),
     }
 
 
@@ -139,12 +184,16 @@ def results_frame(results: list[RowResult], *, id_dtype: pl.DataType) -> pl.Data
         columns["check_passed"].append(r.check_passed)
         columns["status"].append(r.status)
         columns["error"].append(r.error)
-        columns["calls"].append(len(r.calls))
+        columns["calls"].append(len(r.charged_calls))
         columns["cost_usd"].append(r.cost_usd)
         columns["cost_source"].append(r.cost_source)
         columns["prompt_tokens"].append(r.tokens("prompt_tokens"))
         columns["completion_tokens"].append(r.tokens("completion_tokens"))
-        columns["latency_s"].append(sum(c.latency_s for c in r.calls))
+        columns["latency_s"].append(sum(c.latency_s for c in r.charged_calls))
         columns["label"].append(r.label)
         columns["cached"].append(bool(r.calls) and all(c.cached for c in r.calls))
+        columns["rule"].append(r.rule)
+        columns["classifier_cost_usd"].append(r.classifier_cost_usd)
+        columns["shadow_passed"].append(r.shadow_passed)
+        columns["shadow_cost_usd"].append(r.shadow_cost_usd)
     return pl.DataFrame(columns, schema=schema)

@@ -24,6 +24,7 @@ from batchroute.executor import Executor
 from batchroute.interrupts import watch_signals
 from batchroute.job import Job
 from batchroute.limits import Limits
+from batchroute.models_list import check_served
 from batchroute.preflight import Prepared, RunOptions, prepare
 from batchroute.progress import ProgressBar, RunStats, top_tier_cost, top_tier_of
 from batchroute.records import (
@@ -158,6 +159,8 @@ class _Run:
 
     async def execute(self, base_url: str) -> RunReport:
         job, prep = self.job, self.prep
+        if self.options.cache != "offline":  # a model the endpoint lacks stops the run here
+            await check_served(job, base_url=base_url, api_key=prep.api_key)
         results_sink, calls_sink = self._sinks()
         writer = StoreWriter(prep.store)
         cache = CallCache(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from helpers import write_sim_models
+from helpers import SIM_SEED, write_sim_models
 
 from batchroute.sim import SimulatorHandle, running_simulator
 
@@ -14,7 +14,7 @@ from batchroute.sim import SimulatorHandle, running_simulator
 def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimulatorHandle]:
     """One simulator per test module; `fresh_sim` clears its ledger for each test."""
     models = write_sim_models(tmp_path_factory.mktemp("sim"))
-    with running_simulator(models=models, seed=1) as handle:
+    with running_simulator(models=models, seed=SIM_SEED) as handle:
         yield handle
 
 

@@ -10,6 +10,11 @@ from pathlib import Path
 
 import polars as pl
 
+from batchroute.sim.answers import Draw, draw
+
+SIM_SEED = 1  # the seed of the shared test simulator (conftest.py)
+SKILLS = {"t/cheap": 0.3, "t/strong": 0.97}
+
 # Test models: latency 0 so tests are fast; each failure mode on its own model.
 SIM_MODELS = """
 balance_usd = 1000.0
@@ -113,3 +118,8 @@ def run_cli(
         timeout=timeout,
         check=False,
     )
+
+
+def sim_draw(prompt: str, model: str) -> Draw:
+    """What the shared test simulator answers `model` for the user message `prompt`."""
+    return draw(prompt, model=model, skill=SKILLS[model], seed=SIM_SEED)

@@ -1,0 +1,164 @@
+"""The provider's model list: which of the job's models the endpoint serves, and what else it has.
+
+`batchroute run` checks the job's models against `GET /v1/models` before the first row, so a
+misspelled model stops the run with the closest served names instead of failing every row.
+`batchroute models JOB` prints the whole comparison.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import logging
+from dataclasses import dataclass
+
+import anyio
+import openai
+
+from batchroute.errors import ConfigError
+from batchroute.job import Job, models_named, route_targets
+from batchroute.preflight import api_key
+
+log = logging.getLogger("batchroute")
+
+
+async def served_models(client: openai.AsyncOpenAI) -> list[str] | None:
+    """The model ids the endpoint lists (every page); None when it has no such route (404)."""
+    try:
+        return [model.id async for model in client.models.list()]
+    except openai.NotFoundError:
+        return None
+
+
+def closest(name: str, *, served: list[str], n: int = 3) -> list[str]:
+    """The served names most like `name`, best first (difflib's ratio, at least 0.6)."""
+    return difflib.get_close_matches(name, served, n=n, cutoff=0.6)
+
+
+def _where(job: Job, base_url: str) -> str:
+    return "the embedded simulator" if job.endpoint.embedded else base_url
+
+
+def missing_message(job: Job, *, model: str, served: list[str], base_url: str) -> str:
+    """One line: the job file, the model it names that the endpoint lacks, the nearest names."""
+    near = closest(model, served=served)
+    hint = f"; closest served: {', '.join(near)}" if near else "; see `batchroute models JOB`"
+    if job.plans and model in route_targets(job):
+        hint = f" (nor is it a [plans] table: {', '.join(job.plans)}){hint}"
+    return f"{job.source}: model {model!r} is not served by {_where(job, base_url)}{hint}"
+
+
+def _client(job: Job, *, base_url: str, api_key: str) -> openai.AsyncOpenAI:
+    # Its own short-lived client: one GET, whatever transport the run's calls use.
+    return openai.AsyncOpenAI(
+        base_url=base_url, api_key=api_key, max_retries=0, timeout=job.endpoint.timeout_s
+    )
+
+
+async def check_served(job: Job, *, base_url: str, api_key: str) -> None:
+    """Raise ConfigError for the first model the job names that the endpoint does not serve.
+
+    An endpoint without the route is tolerated with a warning, as is one that fails to list:
+    the run's own calls then say what is wrong, row by row.
+    """
+    try:
+        async with _client(job, base_url=base_url, api_key=api_key) as client:
+            served = await served_models(client)
+    except openai.APIStatusError as exc:
+        if exc.status_code in (401, 403):
+            return  # the first call stops the run with the credentials error
+        log.warning(
+            "%s answered %s to GET /models; the job's model names were not checked",
+            _where(job, base_url),
+            exc.status_code,
+        )
+        return
+    except openai.APITimeoutError:
+        log.warning("%s did not list its models in time; names not checked", _where(job, base_url))
+        return
+    except openai.APIConnectionError as exc:
+        # Nothing answers there: every row would fail after its retries, so say it once now.
+        raise ConfigError(
+            f"{job.source}: endpoint.base_url: cannot reach {_where(job, base_url)}:"
+            f" {' '.join(exc.message.split())}"
+        ) from None
+    except openai.APIError as exc:
+        log.warning(
+            "could not list the models of %s (%s); the job's model names were not checked",
+            _where(job, base_url),
+            type(exc).__name__,
+        )
+        return
+    if served is None:
+        log.warning(
+            "%s has no GET /models route; the job's model names were not checked",
+            _where(job, base_url),
+        )
+        return
+    for model in models_named(job):
+        if model not in served:
+            raise ConfigError(missing_message(job, model=model, served=served, base_url=base_url))
+
+
+@dataclass(frozen=True, slots=True)
+class ModelsReport:
+    """The comparison `batchroute models` prints."""
+
+    where: str
+    named: dict[str, list[str]]  # model -> what the job uses it as
+    served: list[str] | None  # None: the endpoint has no model list
+
+    @property
+    def missing(self) -> list[str]:
+        return [] if self.served is None else [m for m in self.named if m not in self.served]
+
+    def lines(self) -> list[str]:
+        width = max([len("model"), *(len(m) for m in self.named)])
+        out = [f"models of the job on {self.where}:", f"{'model':<{width}}  served  used as"]
+        for model, roles in self.named.items():
+            if self.served is None:
+                served = "?"
+            else:
+                served = "yes" if model in self.served else "no"
+            note = ""
+            if (
+                served == "no"
+                and self.served is not None
+                and (near := closest(model, served=self.served))
+            ):
+                note = f"  (closest served: {', '.join(near)})"
+            out.append(f"{model:<{width}}  {served:<6}  {', '.join(roles)}{note}")
+        if self.served is None:
+            out.append("the endpoint has no GET /models route: served is unknown")
+            return out
+        unused = [m for m in self.served if m not in self.named]
+        out.append(f"served, not used by the job: {len(unused)}")
+        out.extend(f"  {m}" for m in unused)
+        return out
+
+
+async def list_models(job: Job, *, base_url: str) -> ModelsReport:
+    """Ask the endpoint for its models and compare them with the job's."""
+    try:
+        async with _client(job, base_url=base_url, api_key=api_key(job)) as client:
+            served = await served_models(client)
+    except openai.APIError as exc:
+        raise ConfigError(
+            f"{job.source}: cannot list the models of {_where(job, base_url)}: {type(exc).__name__}"
+        ) from None
+    return ModelsReport(where=_where(job, base_url), named=models_named(job), served=served)
+
+
+def models_report(job: Job) -> ModelsReport:
+    """`list_models` from synchronous code, starting the simulator when the job embeds it."""
+    with contextlib.ExitStack() as stack:
+        base_url = job.endpoint.base_url
+        if job.endpoint.embedded:
+            from batchroute.sim import running_simulator
+
+            sim = job.simulator
+            handle = stack.enter_context(
+                running_simulator(models=sim.models, seed=sim.seed, balance=sim.balance_usd)
+            )
+            base_url = handle.base_url
+        return anyio.run(lambda: list_models(job, base_url=base_url), backend="asyncio")
