@@ -209,6 +209,7 @@ class Caller:
             cost_source=stored.cost_source or UNKNOWN,
             request_id=stored.request_id,
             cached=stored.run_id != self._cache.run_id,
+            mean_logprob=stored.mean_logprob,
         )
 
     async def _attempt(
@@ -346,6 +347,7 @@ def _to_store(key: bytes, record: CallRecord, answer: str, run_id: str) -> Store
         latency_s=record.latency_s,
         request_id=record.request_id,
         run_id=run_id,
+        mean_logprob=record.mean_logprob,
     )
 
 

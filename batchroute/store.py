@@ -24,8 +24,8 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from batchroute.errors import ConfigError
 
-SCHEMA_VERSION = 1
-_ROWS_PER_INSERT = 500  # 11 parameters a row, well under SQLite's limit per statement
+SCHEMA_VERSION = 2  # 2: mean_logprob, for logprob confidence checks on stored answers
+_ROWS_PER_INSERT = 500  # 12 parameters a row, well under SQLite's limit per statement
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -37,7 +37,8 @@ CREATE INDEX IF NOT EXISTS runs_by_job ON runs (job_key, finished_at);
 CREATE TABLE IF NOT EXISTS calls (
     key BLOB PRIMARY KEY, model TEXT NOT NULL, answer TEXT NOT NULL,
     prompt_tokens INTEGER, completion_tokens INTEGER, charge_usd REAL, cost_source TEXT,
-    latency_s REAL, request_id TEXT, run_id TEXT NOT NULL, created_at REAL NOT NULL
+    latency_s REAL, request_id TEXT, run_id TEXT NOT NULL, created_at REAL NOT NULL,
+    mean_logprob REAL
 );
 """
 
@@ -56,6 +57,7 @@ class StoredCall:
     latency_s: float
     request_id: str | None
     run_id: str
+    mean_logprob: float | None = None
 
 
 def request_key(endpoint: str, model: str, messages: list[Any], params: dict[str, Any]) -> bytes:
@@ -128,7 +130,7 @@ class CallStore:
     def lookup(self, key: bytes) -> StoredCall | None:
         row = self._db.execute(
             "SELECT key, model, answer, prompt_tokens, completion_tokens, charge_usd,"
-            " cost_source, latency_s, request_id, run_id FROM calls WHERE key = ?",
+            " cost_source, latency_s, request_id, run_id, mean_logprob FROM calls WHERE key = ?",
             (key,),
         ).fetchone()
         return StoredCall(*row) if row is not None else None
@@ -145,7 +147,7 @@ class CallStore:
             self._db.execute("BEGIN")
             for start in range(0, len(calls), _ROWS_PER_INSERT):
                 chunk = calls[start : start + _ROWS_PER_INSERT]
-                values = ",".join(["(?,?,?,?,?,?,?,?,?,?,?)"] * len(chunk))
+                values = ",".join(["(?,?,?,?,?,?,?,?,?,?,?,?)"] * len(chunk))
                 params = [
                     value
                     for c in chunk
@@ -161,6 +163,7 @@ class CallStore:
                         c.request_id,
                         c.run_id,
                         now,
+                        c.mean_logprob,
                     )
                 ]
                 self._db.execute(f"INSERT OR REPLACE INTO calls VALUES {values}", params)

@@ -302,3 +302,21 @@ def test_an_output_of_another_job_is_kept_unless_forced(
     assert run_cli("run", job, "--force").returncode == 0
     assert read_results(out).height == 3
     assert run_cli("run", job).returncode == 0  # its own output: replaced without --force
+
+
+def test_answers_from_the_store_keep_their_logprobs(tmp_path: Path, dsim: SimulatorHandle) -> None:
+    write_tasks(tmp_path, 30)
+    extra = (
+        "[params]\nlogprobs = true\n\n"
+        '[check]\ntype = "confidence"\nlogprobs = true\nthreshold = -0.3\n'
+    )
+    body = job_text(base_url=dsim.base_url, route=CASCADE, extra=extra)
+    job = write_job(tmp_path, body)
+    assert run_cli("run", job).returncode == 0
+    first = read_results(tmp_path / "out/results.parquet")
+    assert first["escalated"].any() and not first["escalated"].all()
+    assert run_cli("run", job).returncode == 0  # a finished job run again: all from the store
+    again = read_results(tmp_path / "out/results.parquet")
+    calls = read_calls(tmp_path / "out/results.parquet")
+    assert calls["cached"].all() and calls["mean_logprob"].is_not_null().all()
+    assert again.select(COMPARED).equals(first.select(COMPARED))

@@ -355,3 +355,13 @@ def test_the_default_calls_path_sits_beside_the_anchored_results(tmp_path: Path)
     job = load_job(str(path))
     assert job.output.calls_path == tmp_path / "out" / "run1.calls.parquet"
     assert job.input.path == tmp_path / "tasks.csv"
+
+
+def test_an_unreachable_endpoint_is_one_line_before_any_row(tmp_path: Path) -> None:
+    write_tasks(tmp_path, 50)
+    closed = "http://127.0.0.1:9/v1"  # the discard port: nothing listens there
+    done = run_cli("run", write_job(tmp_path, job_text(base_url=closed, route=FIXED)))
+    assert done.returncode == 2
+    line = _one_error_line(done.stderr)
+    assert "endpoint.base_url: cannot reach" in line and "127.0.0.1:9" in line
+    assert not (tmp_path / "out" / "results.parquet").exists()
