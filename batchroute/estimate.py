@@ -13,13 +13,14 @@ from batchroute.job import Job
 from batchroute.preflight import RunOptions
 from batchroute.prompts import BadRowInput, build_messages, estimate_prompt_tokens
 from batchroute.results import read_results
-from batchroute.router import build_router
+from batchroute.router import Plan, build_router
 
 Z95 = 1.96
 
 
 @dataclass(frozen=True, slots=True)
 class TierEstimate:
+    plan: str
     model: str
     rows: float  # rows expected to reach this tier
     prompt_tokens: float
@@ -28,58 +29,100 @@ class TierEstimate:
     minutes: float | None  # the rate limits' floor on the duration; None when unlimited
 
 
-def estimate(job: Job, *, escalation_rate: float) -> tuple[int, list[TierEstimate]]:
-    """Rows, and per tier of the job's plan: tokens, dollars and time from the rate limits.
+@dataclass(slots=True)
+class _Tally:
+    rows: float = 0.0
+    prompt_tokens: float = 0.0
+    completion_tokens: float = 0.0
 
-    Each tier after the first sees `escalation_rate` of the rows of the tier before it.
+
+def estimate(job: Job, *, escalation_rate: float) -> tuple[int, list[TierEstimate]]:
+    """Rows, and per plan and tier: tokens, dollars and time from the rate limits.
+
+    The router picks each row's plan as in a run (rules evaluated on the data). A classifier's
+    own call is counted on every row, and since its labels are unknown before the calls, its
+    rows are shared evenly between the plans its labels can pick. Each tier after a plan's
+    first sees `escalation_rate` of the rows of the tier before it.
     """
     dataset = Dataset(job.input.path, id_column=job.input.id, batch_rows=job.input.batch_rows)
     prompt, system = job.input.template(), job.input.system_template()
-    prompt_tokens = 0
+    router = build_router(job)
+    tallies: dict[tuple[str, int, str], _Tally] = {}
+
+    def add(plan: Plan, tier: int, model: str, *, rows: float, tokens: float, out: int) -> None:
+        tally = tallies.setdefault((plan.name, tier, model), _Tally())
+        tally.rows += rows
+        tally.prompt_tokens += tokens
+        tally.completion_tokens += rows * out
+
     for batch in dataset.batches():
-        for row in batch.frame.iter_rows(named=True):
+        plans = router.route(batch.frame)
+        for row, plan in zip(batch.frame.iter_rows(named=True), plans, strict=True):
             try:
                 messages = build_messages(
                     row, prompt=prompt, system=system, messages_column=job.input.messages
                 )
             except BadRowInput:
                 continue  # such a row fails without a call
-            prompt_tokens += estimate_prompt_tokens(messages)
-    plan = build_router(job).plans()[0]
-    max_tokens = int(plan.params.get("max_tokens") or job.run.default_max_tokens)
-    tiers: list[TierEstimate] = []
-    share = 1.0
-    for model in plan.tiers:
-        rows = dataset.num_rows * share
-        tokens_in = prompt_tokens * share
-        tokens_out = rows * max_tokens
-        config = job.model(model)
-        usd = None
-        if config.usd_per_mtok is not None:
-            prices = config.usd_per_mtok
-            usd = (tokens_in * prices.input + tokens_out * prices.output) / 1_000_000
-        floors = [rows / config.rpm] if config.rpm else []
-        floors += [(tokens_in + tokens_out) / config.tpm] if config.tpm else []
-        tiers.append(
-            TierEstimate(model, rows, tokens_in, tokens_out, usd, max(floors, default=None))
-        )
-        share *= escalation_rate
-    return dataset.num_rows, tiers
+            tokens = estimate_prompt_tokens(messages)
+            targets = [(plan, 1.0)]
+            if plan.classifier is not None:
+                classifier = plan.classifier
+                asked = estimate_prompt_tokens(classifier.messages(row))
+                add(
+                    plan,
+                    0,
+                    classifier.model,
+                    rows=1.0,
+                    tokens=asked,
+                    out=classifier.params["max_tokens"],
+                )
+                picks = classifier.plans()
+                targets = [(pick, 1.0 / len(picks)) for pick in picks]
+            for target, weight in targets:
+                out = int(target.params.get("max_tokens") or job.run.default_max_tokens)
+                share = weight
+                for tier, model in enumerate(target.tiers):
+                    add(target, tier, model, rows=share, tokens=tokens * share, out=out)
+                    share *= escalation_rate
+    return dataset.num_rows, [_priced(job, key, tally) for key, tally in tallies.items()]
+
+
+def _priced(job: Job, key: tuple[str, int, str], tally: _Tally) -> TierEstimate:
+    plan, _, model = key
+    config = job.model(model)
+    usd = None
+    if config.usd_per_mtok is not None:
+        prices = config.usd_per_mtok
+        usd = (tally.prompt_tokens * prices.input + tally.completion_tokens * prices.output) / 1e6
+    floors = [tally.rows / config.rpm] if config.rpm else []
+    if config.tpm:
+        floors.append((tally.prompt_tokens + tally.completion_tokens) / config.tpm)
+    return TierEstimate(
+        plan,
+        model,
+        tally.rows,
+        tally.prompt_tokens,
+        tally.completion_tokens,
+        usd,
+        max(floors, default=None),
+    )
 
 
 def format_estimate(job: Job, rows: int, tiers: list[TierEstimate], *, rate: float) -> str:
     lines = [
         f"{job.source}: {rows} rows; each tier after the first assumed to see {rate:.0%} of the"
         " rows of the one before (--escalation)",
-        f"{'tier':<34} {'rows':>9} {'prompt tok':>12} {'max compl tok':>14} {'USD':>10}"
-        f" {'time (limits)':>13}",
+        f"{'plan':<24} {'model':<30} {'rows':>8} {'prompt tok':>12} {'max compl tok':>14}"
+        f" {'USD':>10} {'time (limits)':>13}",
     ]
     for t in tiers:
         usd = f"{t.usd:10.4f}" if t.usd is not None else f"{'no price':>10}"
         floor = _duration(t.minutes) if t.minutes is not None else "unlimited"
+        plan = "" if t.plan == f"fixed:{t.model}" else t.plan  # a lone model needs no name
         lines.append(
-            f"{t.model:<34} {t.rows:9.0f} {t.prompt_tokens:12.0f} {t.completion_tokens:14.0f}"
-            f" {usd} {floor:>13}"
+            f"{_cut(plan, 24):<24} {_cut(t.model, 30):<30} {t.rows:8.0f}"
+            f" {t.prompt_tokens:12.0f} {t.completion_tokens:14.0f} {usd} {floor:>13}"
         )
     priced = [t.usd for t in tiers if t.usd is not None]
     total = f"${sum(priced):.4f}" if len(priced) == len(tiers) else "unknown (a tier has no price)"
@@ -89,6 +132,10 @@ def format_estimate(job: Job, rows: int, tiers: list[TierEstimate], *, rate: flo
         + (f"; at least {_duration(slowest)} under the rate limits" if slowest else "")
     )
     return "\n".join(lines)
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "~"
 
 
 def _duration(minutes: float) -> str:

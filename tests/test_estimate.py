@@ -88,3 +88,34 @@ def test_wilson_interval() -> None:
     assert low == 0 and 0.05 < high < 0.1
     low, high = wilson(25, 50)
     assert low < 0.5 < high and high - low == pytest.approx(0.27, abs=0.01)
+
+
+def test_estimate_follows_the_rules_and_counts_the_classifier(tmp_path: Path) -> None:
+    write_tasks(tmp_path, 90)  # task_type cycles classify, extract, summarize
+    rules = """
+    strategy = "rules"
+    default = "t/cheap"
+    [[route.rules]]
+    when = "task_type = 'summarize'"
+    target = "t/strong"
+    """
+    job = load_job(write_job(tmp_path, job_text(base_url="embedded", route=rules, models=MODELS)))
+    _, tiers = estimate(job, escalation_rate=0.5)
+    by_model = {t.model: t.rows for t in tiers}
+    assert by_model == {"t/strong": 30, "t/cheap": 60}  # as the rule splits the data
+
+    classifier = """
+    strategy = "classifier"
+    default = "t/cheap"
+    [route.classifier]
+    model = "t/cheap"
+    prompt = "Reply 'easy' or 'hard': {text}"
+    labels = { easy = "t/cheap", hard = "t/strong" }
+    """
+    body = job_text(base_url="embedded", route=classifier, models=MODELS)
+    job = load_job(write_job(tmp_path, body, name="classifier.toml"))
+    _, tiers = estimate(job, escalation_rate=0.5)
+    asked = [t for t in tiers if t.plan == "classifier"]
+    assert len(asked) == 1 and asked[0].rows == 90 and asked[0].completion_tokens == 90 * 16
+    answered = {t.model: t.rows for t in tiers if t.plan != "classifier"}
+    assert answered == {"t/cheap": 45, "t/strong": 45}  # labels unknown: shared evenly
