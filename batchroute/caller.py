@@ -100,7 +100,7 @@ class Caller:
 
     def __init__(
         self,
-        transport: Transport,
+        transports: Mapping[str, Transport],
         *,
         job: Job,
         limits: Limits,
@@ -109,7 +109,7 @@ class Caller:
         cache: CallCache,
         rng: random.Random,
     ) -> None:
-        self._transport = transport
+        self._transports = transports  # by endpoint name; each model uses its endpoint's
         self._job = job
         self._limits = limits
         self._control = control
@@ -121,8 +121,7 @@ class Caller:
             base_s=job.run.backoff_base_s,
             max_backoff_s=job.run.backoff_max_s,
         )
-        self._charge_header = job.endpoint.charge_header
-        self._balance_header = job.endpoint.balance_header
+        self._endpoints = job.all_endpoints()
 
     async def call_tier(
         self,
@@ -261,7 +260,8 @@ class Caller:
         t0 = time.perf_counter()
         reply: Reply | None = None
         try:
-            reply = await self._transport.chat({"model": model, "messages": messages, **params})
+            transport = self._transports[self._job.endpoint_name(model)]
+            reply = await transport.chat({"model": model, "messages": messages, **params})
             failure = classify(reply)
         except TransportError as exc:
             failure = classify_transport_error(exc)
@@ -291,8 +291,9 @@ class Caller:
 
     def _charge(self, record: CallRecord, headers: Mapping[str, str]) -> None:
         """The provider's charge header when sent, else the price table times usage."""
-        charged = _float_header(headers, self._charge_header)
-        balance = _float_header(headers, self._balance_header)
+        endpoint = self._endpoints[self._job.endpoint_name(record.model)]
+        charged = _float_header(headers, endpoint.charge_header)
+        balance = _float_header(headers, endpoint.balance_header)
         record.balance_usd = balance
         self._control.note_balance(balance)
         self._budget.note_balance(balance)

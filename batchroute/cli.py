@@ -128,9 +128,9 @@ def _models(args: argparse.Namespace) -> int:
     from batchroute.job import load_job
     from batchroute.models_list import models_report
 
-    report = models_report(load_job(args.job))
-    print("\n".join(report.lines()))
-    return 2 if report.missing else 0
+    reports = models_report(load_job(args.job))
+    print("\n\n".join("\n".join(report.lines()) for report in reports))
+    return 2 if any(report.missing for report in reports) else 0
 
 
 def _show_warnings() -> None:

@@ -24,6 +24,7 @@ from batchroute.errors import ConfigError
 from batchroute.prompts import PromptTemplate
 
 EMBEDDED = "embedded"
+DEFAULT_ENDPOINT = "default"  # the name of the job's own [endpoint] among [endpoints]
 
 
 class _Section(BaseModel):
@@ -103,6 +104,7 @@ class ModelConfig(_Section):
     max_concurrency: Annotated[int, Field(gt=0)] | None = None
     usd_per_mtok: Prices | None = None
     fallbacks: tuple[str, ...] = ()
+    endpoint: str | None = None  # a table of [endpoints]; else the job's [endpoint]
 
 
 class ResponseFormat(_Section):
@@ -250,6 +252,7 @@ class Job(_Section):
     input: InputConfig
     output: OutputConfig
     endpoint: EndpointConfig = EndpointConfig()
+    endpoints: dict[str, EndpointConfig] = {}  # more endpoints, that models name
     simulator: SimulatorConfig = SimulatorConfig()
     models: dict[str, ModelConfig] = {}
     route: RouteConfig
@@ -263,14 +266,14 @@ class Job(_Section):
     _checks = field_validator("check", mode="before")(as_check_list)
 
     @model_validator(mode="after")
-    def _models_are_known(self) -> Job:
-        named = set(self.route.tiers) | ({self.route.model} if self.route.model else set())
-        for model in self.models.values():
-            named.update(model.fallbacks)
-        if self.models:
-            missing = sorted(named - set(self.models))
-            if missing:
-                raise ValueError(f"model {missing[0]!r} is used but has no [models] table")
+    def _endpoints_are_known(self) -> Job:
+        if DEFAULT_ENDPOINT in self.endpoints:
+            raise ValueError(
+                f"endpoints.{DEFAULT_ENDPOINT}: the name of the job's own [endpoint]; rename it"
+            )
+        for name, model in self.models.items():
+            if model.endpoint is not None and model.endpoint not in self.endpoints:
+                raise ValueError(f"models.{name}.endpoint: no [endpoints.{model.endpoint}] table")
         return self
 
     @model_validator(mode="after")
@@ -287,6 +290,14 @@ class Job(_Section):
     def model(self, name: str) -> ModelConfig:
         return self.models.get(name, ModelConfig())
 
+    def endpoint_name(self, model: str) -> str:
+        """Which endpoint serves `model`: its own `endpoint`, else the job's."""
+        return self.model(model).endpoint or DEFAULT_ENDPOINT
+
+    def all_endpoints(self) -> dict[str, EndpointConfig]:
+        """The job's `[endpoint]` under the name "default", then every `[endpoints.NAME]`."""
+        return {DEFAULT_ENDPOINT: self.endpoint, **self.endpoints}
+
     def settings(self) -> dict[str, Any]:
         """The job as plain data for output metadata: names of secrets, never their values."""
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)
@@ -302,11 +313,12 @@ class Job(_Section):
         canonical = json.dumps(settings, sort_keys=True, separators=(",", ":"))
         return hashlib.blake2b(canonical.encode(), digest_size=12).hexdigest()
 
-    def endpoint_identity(self) -> str:
+    def endpoint_identity(self, name: str = "default") -> str:
         """What a stored answer's endpoint is: the URL, or the simulator's settings, since
         an embedded simulator gets a new port every run but gives the same answers."""
-        if not self.endpoint.embedded:
-            return self.endpoint.base_url.rstrip("/")
+        endpoint = self.all_endpoints()[name]
+        if not endpoint.embedded:
+            return endpoint.base_url.rstrip("/")
         sim = self.simulator
         models = sim.models.read_bytes() if sim.models is not None else b"default"
         digest = hashlib.blake2b(models, digest_size=8).hexdigest()

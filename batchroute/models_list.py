@@ -7,7 +7,6 @@ misspelled model stops the run with the closest served names instead of failing 
 
 from __future__ import annotations
 
-import contextlib
 import difflib
 import logging
 from dataclasses import dataclass
@@ -15,9 +14,9 @@ from dataclasses import dataclass
 import anyio
 import openai
 
+from batchroute.endpoints import api_keys, endpoint_urls
 from batchroute.errors import ConfigError
-from batchroute.job import Job, models_named, route_targets
-from batchroute.preflight import api_key
+from batchroute.job import DEFAULT_ENDPOINT, Job, models_named, route_targets
 
 log = logging.getLogger("batchroute")
 
@@ -35,69 +34,83 @@ def closest(name: str, *, served: list[str], n: int = 3) -> list[str]:
     return difflib.get_close_matches(name, served, n=n, cutoff=0.6)
 
 
-def _where(job: Job, base_url: str) -> str:
-    return "the embedded simulator" if job.endpoint.embedded else base_url
+def _where(job: Job, endpoint: str, base_url: str) -> str:
+    where = "the embedded simulator" if job.all_endpoints()[endpoint].embedded else base_url
+    return where if endpoint == DEFAULT_ENDPOINT else f"{where} (endpoints.{endpoint})"
 
 
-def missing_message(job: Job, *, model: str, served: list[str], base_url: str) -> str:
+def _models_on(job: Job, endpoint: str) -> dict[str, list[str]]:
+    """The models the job names that `endpoint` serves, with what each is used as."""
+    return {m: roles for m, roles in models_named(job).items() if job.endpoint_name(m) == endpoint}
+
+
+def missing_message(
+    job: Job, *, model: str, served: list[str], endpoint: str, base_url: str
+) -> str:
     """One line: the job file, the model it names that the endpoint lacks, the nearest names."""
     near = closest(model, served=served)
     hint = f"; closest served: {', '.join(near)}" if near else "; see `batchroute models JOB`"
     if job.plans and model in route_targets(job):
         hint = f" (nor is it a [plans] table: {', '.join(job.plans)}){hint}"
-    return f"{job.source}: model {model!r} is not served by {_where(job, base_url)}{hint}"
+    where = _where(job, endpoint, base_url)
+    return f"{job.source}: model {model!r} is not served by {where}{hint}"
 
 
-def _client(job: Job, *, base_url: str, api_key: str) -> openai.AsyncOpenAI:
+def _client(job: Job, *, endpoint: str, base_url: str, api_key: str) -> openai.AsyncOpenAI:
     # Its own short-lived client: one GET, whatever transport the run's calls use.
-    return openai.AsyncOpenAI(
-        base_url=base_url, api_key=api_key, max_retries=0, timeout=job.endpoint.timeout_s
-    )
+    timeout = job.all_endpoints()[endpoint].timeout_s
+    return openai.AsyncOpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=timeout)
 
 
-async def check_served(job: Job, *, base_url: str, api_key: str) -> None:
+async def check_served(job: Job, *, endpoint: str, base_url: str, api_key: str) -> None:
     """Raise ConfigError for the first model the job names that the endpoint does not serve.
 
     An endpoint without the route is tolerated with a warning, as is one that fails to list:
     the run's own calls then say what is wrong, row by row.
     """
     try:
-        async with _client(job, base_url=base_url, api_key=api_key) as client:
+        async with _client(job, endpoint=endpoint, base_url=base_url, api_key=api_key) as client:
             served = await served_models(client)
     except openai.APIStatusError as exc:
         if exc.status_code in (401, 403):
             return  # the first call stops the run with the credentials error
         log.warning(
             "%s answered %s to GET /models; the job's model names were not checked",
-            _where(job, base_url),
+            _where(job, endpoint, base_url),
             exc.status_code,
         )
         return
     except openai.APITimeoutError:
-        log.warning("%s did not list its models in time; names not checked", _where(job, base_url))
+        log.warning(
+            "%s did not list its models in time; names not checked", _where(job, endpoint, base_url)
+        )
         return
     except openai.APIConnectionError as exc:
         # Nothing answers there: every row would fail after its retries, so say it once now.
         raise ConfigError(
-            f"{job.source}: endpoint.base_url: cannot reach {_where(job, base_url)}:"
+            f"{job.source}: endpoint.base_url: cannot reach {_where(job, endpoint, base_url)}:"
             f" {' '.join(exc.message.split())}"
         ) from None
     except openai.APIError as exc:
         log.warning(
             "could not list the models of %s (%s); the job's model names were not checked",
-            _where(job, base_url),
+            _where(job, endpoint, base_url),
             type(exc).__name__,
         )
         return
     if served is None:
         log.warning(
             "%s has no GET /models route; the job's model names were not checked",
-            _where(job, base_url),
+            _where(job, endpoint, base_url),
         )
         return
-    for model in models_named(job):
+    for model in _models_on(job, endpoint):
         if model not in served:
-            raise ConfigError(missing_message(job, model=model, served=served, base_url=base_url))
+            raise ConfigError(
+                missing_message(
+                    job, model=model, served=served, endpoint=endpoint, base_url=base_url
+                )
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,28 +150,25 @@ class ModelsReport:
         return out
 
 
-async def list_models(job: Job, *, base_url: str) -> ModelsReport:
-    """Ask the endpoint for its models and compare them with the job's."""
-    try:
-        async with _client(job, base_url=base_url, api_key=api_key(job)) as client:
-            served = await served_models(client)
-    except openai.APIError as exc:
-        raise ConfigError(
-            f"{job.source}: cannot list the models of {_where(job, base_url)}: {type(exc).__name__}"
-        ) from None
-    return ModelsReport(where=_where(job, base_url), named=models_named(job), served=served)
+async def list_models(job: Job, *, base_urls: dict[str, str]) -> list[ModelsReport]:
+    """Ask each endpoint the job uses for its models and compare them with the job's."""
+    keys = api_keys(job)
+    reports = []
+    for endpoint, base_url in base_urls.items():
+        where = _where(job, endpoint, base_url)
+        client = _client(job, endpoint=endpoint, base_url=base_url, api_key=keys[endpoint])
+        try:
+            async with client:
+                served = await served_models(client)
+        except openai.APIError as exc:
+            raise ConfigError(
+                f"{job.source}: cannot list the models of {where}: {type(exc).__name__}"
+            ) from None
+        reports.append(ModelsReport(where=where, named=_models_on(job, endpoint), served=served))
+    return reports
 
 
-def models_report(job: Job) -> ModelsReport:
+def models_report(job: Job) -> list[ModelsReport]:
     """`list_models` from synchronous code, starting the simulator when the job embeds it."""
-    with contextlib.ExitStack() as stack:
-        base_url = job.endpoint.base_url
-        if job.endpoint.embedded:
-            from batchroute.sim import running_simulator
-
-            sim = job.simulator
-            handle = stack.enter_context(
-                running_simulator(models=sim.models, seed=sim.seed, balance=sim.balance_usd)
-            )
-            base_url = handle.base_url
-        return anyio.run(lambda: list_models(job, base_url=base_url), backend="asyncio")
+    with endpoint_urls(job) as base_urls:
+        return anyio.run(lambda: list_models(job, base_urls=base_urls), backend="asyncio")

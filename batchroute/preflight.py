@@ -12,6 +12,7 @@ from typing import Literal
 import polars as pl
 
 from batchroute.dataset import Dataset
+from batchroute.endpoints import api_keys
 from batchroute.errors import ConfigError, DatasetError, OutputError
 from batchroute.job import Job
 from batchroute.records import result_schema
@@ -38,7 +39,7 @@ class RunOptions:
 class Prepared:
     dataset: Dataset
     router: Router
-    api_key: str
+    api_keys: dict[str, str]  # by endpoint name
     store: CallStore
     run_id: str
     resumed: bool
@@ -61,7 +62,7 @@ def prepare(job: Job, options: RunOptions) -> Prepared:
         check_output(path, job_key=job_key, force=options.force)
     if job.output.path.resolve() == job.output.calls_path.resolve():
         raise ConfigError(f"{job.source}: output.calls must differ from output.path")
-    key = api_key(job)
+    keys = api_keys(job)
     previous_run = _previous_run(options.retry_failed, job_key=job_key)
     assert job.store.path is not None  # load_job fills in the default
     store = CallStore(job.store.path)
@@ -71,7 +72,7 @@ def prepare(job: Job, options: RunOptions) -> Prepared:
     return Prepared(
         dataset,
         router,
-        key,
+        keys,
         store,
         run_id,
         resumed=run_id != new_run_id,
@@ -125,19 +126,6 @@ def _previous_run(path: Path | None, *, job_key: str) -> str | None:
         raise OutputError(f"{path}: was written by a different job (or an edited one)")
     run_id = meta.get("run_id")
     return str(run_id) if run_id else None
-
-
-def api_key(job: Job) -> str:
-    name = job.endpoint.api_key_env
-    if name is None:
-        # Local servers (the simulator, llama.cpp, vLLM) accept any key; the SDK needs one.
-        return "not-needed"
-    value = os.environ.get(name)
-    if not value:
-        raise ConfigError(
-            f"{job.source}: endpoint.api_key_env: environment variable {name} is not set"
-        )
-    return value
 
 
 def _new_run_id() -> str:

@@ -19,6 +19,7 @@ from batchroute.budget import Budget
 from batchroute.caller import Caller
 from batchroute.control import RunControl
 from batchroute.dataset import Batch
+from batchroute.endpoints import endpoint_urls
 from batchroute.errors import BatchrouteError, Interrupted, RunStopped
 from batchroute.executor import Executor
 from batchroute.interrupts import watch_signals
@@ -61,10 +62,9 @@ async def arun(job: Job, options: RunOptions | None = None) -> RunReport:
     prep = await anyio.to_thread.run_sync(prepare, job, options)
     try:
         with contextlib.ExitStack() as stack:
-            base_url = job.endpoint.base_url
-            if job.endpoint.embedded:
-                base_url = await anyio.to_thread.run_sync(_start_simulator, job, stack)
-            return await _Run(job, prep, options).execute(base_url)
+            # Starting the embedded simulator, if any endpoint is one, blocks: a worker thread.
+            base_urls = await anyio.to_thread.run_sync(stack.enter_context, endpoint_urls(job))
+            return await _Run(job, prep, options).execute(base_urls)
     except BaseExceptionGroup as group:
         # A task group wraps what its tasks raised; our own errors (bad data met mid-stream,
         # an interrupt) must reach the caller as themselves, to become one-line messages.
@@ -88,16 +88,6 @@ def _ours(group: BaseExceptionGroup) -> BatchrouteError | None:
 def run(job: Job, options: RunOptions | None = None) -> RunReport:
     """Run `job` to the end from synchronous code; returns the report."""
     return anyio.run(lambda: arun(job, options), backend="asyncio")
-
-
-def _start_simulator(job: Job, stack: contextlib.ExitStack) -> str:
-    from batchroute.sim import running_simulator
-
-    sim = job.simulator
-    handle = stack.enter_context(
-        running_simulator(models=sim.models, seed=sim.seed, balance=sim.balance_usd)
-    )
-    return str(handle.base_url)
 
 
 @dataclass(slots=True)
@@ -157,28 +147,37 @@ class _Run:
         )
         return results, calls
 
-    async def execute(self, base_url: str) -> RunReport:
+    async def execute(self, base_urls: dict[str, str]) -> RunReport:
+        """`base_urls`: where each endpoint the job uses listens, by endpoint name."""
         job, prep = self.job, self.prep
-        if self.options.cache != "offline":  # a model the endpoint lacks stops the run here
-            await check_served(job, base_url=base_url, api_key=prep.api_key)
+        if self.options.cache != "offline":  # a model an endpoint lacks stops the run here
+            for name, base_url in base_urls.items():
+                await check_served(
+                    job, endpoint=name, base_url=base_url, api_key=prep.api_keys[name]
+                )
         results_sink, calls_sink = self._sinks()
         writer = StoreWriter(prep.store)
+        identities = {name: job.endpoint_identity(name) for name in base_urls}
         cache = CallCache(
             prep.store,
             writer,
             run_id=prep.run_id,
-            endpoint=job.endpoint_identity(),
+            endpoint_of=lambda model: identities[job.endpoint_name(model)],
             mode=self.options.cache,
         )
-        transport = open_transport(
-            job.endpoint.transport,
-            base_url=base_url,
-            api_key=prep.api_key,
-            timeout_s=job.endpoint.timeout_s,
-            connections=job.run.concurrency,
-        )
+        endpoints = job.all_endpoints()
+        transports = {
+            name: open_transport(
+                endpoints[name].transport,
+                base_url=base_url,
+                api_key=prep.api_keys[name],
+                timeout_s=endpoints[name].timeout_s,
+                connections=job.run.concurrency,
+            )
+            for name, base_url in base_urls.items()
+        }
         caller = Caller(
-            transport,
+            transports,
             job=job,
             limits=Limits(job),
             control=self.control,
@@ -191,7 +190,7 @@ class _Run:
         try:
             await anyio.to_thread.run_sync(results_sink.open)
             await anyio.to_thread.run_sync(calls_sink.open)
-            async with _closing(transport), anyio.create_task_group() as outer:
+            async with _closing(transports), anyio.create_task_group() as outer:
                 if self.options.handle_signals:
                     outer.start_soon(self._watch_signals, outer.cancel_scope)
                 async with anyio.create_task_group() as inner:
@@ -343,11 +342,12 @@ class _Run:
 
 
 @contextlib.asynccontextmanager
-async def _closing(transport: Transport) -> AsyncIterator[Transport]:
+async def _closing(transports: dict[str, Transport]) -> AsyncIterator[None]:
     try:
-        yield transport
+        yield
     finally:
-        await transport.aclose()
+        for transport in transports.values():
+            await transport.aclose()
 
 
 def _next_or_none(batches: Iterator[Batch]) -> Batch | None:

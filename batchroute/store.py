@@ -15,6 +15,7 @@ import hashlib
 import json
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -217,13 +218,13 @@ class CallCache:
         writer: StoreWriter | None,
         *,
         run_id: str,
-        endpoint: str,
+        endpoint_of: Callable[[str], str],
         mode: str = "use",
     ) -> None:
         self._store = store
         self._writer = writer
         self.run_id = run_id
-        self._endpoint = endpoint
+        self._endpoint_of = endpoint_of  # model -> the identity of the endpoint serving it
         self.mode = mode
         # A store that was empty at the start can only hold this run's own calls, which the
         # row that made them already has: skip the lookups, and their thread hops.
@@ -234,7 +235,7 @@ class CallCache:
         return self.mode == "offline"
 
     def key(self, model: str, messages: list[Any], params: dict[str, Any]) -> bytes:
-        return request_key(self._endpoint, model, messages, params)
+        return request_key(self._endpoint_of(model), model, messages, params)
 
     async def find(self, key: bytes) -> StoredCall | None:
         if not self.reads or self._store is None:

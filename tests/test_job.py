@@ -189,7 +189,7 @@ def test_validation_happens_before_the_embedded_simulator_starts(
     def no_simulator(*args: object) -> str:
         raise AssertionError("the simulator was started for a job that cannot run")
 
-    monkeypatch.setattr(runner, "_start_simulator", no_simulator)
+    monkeypatch.setattr(runner, "endpoint_urls", no_simulator)
     write_tasks(tmp_path, 3)
     for body in (
         _job(input_extra='id = "task_id"\nprompt = "Label: {body}"'),  # data does not fit
