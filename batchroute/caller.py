@@ -291,11 +291,12 @@ class Caller:
 
     def _charge(self, record: CallRecord, headers: Mapping[str, str]) -> None:
         """The provider's charge header when sent, else the price table times usage."""
-        endpoint = self._endpoints[self._job.endpoint_name(record.model)]
+        endpoint_name = self._job.endpoint_name(record.model)
+        endpoint = self._endpoints[endpoint_name]
         charged = _float_header(headers, endpoint.charge_header)
         balance = _float_header(headers, endpoint.balance_header)
         record.balance_usd = balance
-        self._control.note_balance(balance)
+        self._control.note_balance(endpoint_name, balance)
         self._budget.note_balance(balance)
         if charged is not None:
             record.charge_usd, record.cost_source = charged, HEADER

@@ -10,7 +10,7 @@ class RunControl:
 
     def __init__(self) -> None:
         self.stop_error: RunStopped | None = None
-        self.balance_usd: float | None = None
+        self.balances_usd: dict[str, float] = {}  # the last balance header, by endpoint
 
     @property
     def stopped(self) -> bool:
@@ -21,6 +21,6 @@ class RunControl:
         if self.stop_error is None:
             self.stop_error = error
 
-    def note_balance(self, balance_usd: float | None) -> None:
+    def note_balance(self, endpoint: str, balance_usd: float | None) -> None:
         if balance_usd is not None:
-            self.balance_usd = balance_usd
+            self.balances_usd[endpoint] = balance_usd

@@ -34,7 +34,7 @@ class RunStats:
     # What the same rows would have cost on the plans' top tier; None when it cannot be known.
     top_tier_cost_usd: float | None = 0.0
     top_tier: str | None = None
-    balance_usd: float | None = None
+    balances_usd: dict[str, float] = field(default_factory=dict)  # by endpoint name
     routes: RouteStats = field(default_factory=RouteStats)  # per rule, label or plan
 
     def add(self, result: RowResult, *, top_tier_cost: float | None) -> None:
@@ -76,7 +76,9 @@ class RunStats:
             "cost_per_row_usd": self.cost_usd / ran if ran else 0.0,
             "top_tier": self.top_tier,
             "top_tier_cost_usd": self.top_tier_cost_usd,
-            "balance_usd": self.balance_usd,
+            # The job's own endpoint's balance; every endpoint's in balances_usd.
+            "balance_usd": self.balances_usd.get("default"),
+            "balances_usd": self.balances_usd,
             "elapsed_s": round(self.elapsed_s, 3),
             "routes": self.routes.as_dict(),
             "unknown_labels": self.routes.unknown_labels,
@@ -112,8 +114,9 @@ class RunStats:
             parts.append(f"{self.routes.unknown_labels} unknown labels sent to the default")
         if self.routes.shadow_cost_usd:
             parts.append(f"shadow sampling ${self.routes.shadow_cost_usd:.4f} (not in the total)")
-        if self.balance_usd is not None:
-            parts.append(f"balance ${self.balance_usd:.2f}")
+        for endpoint, balance in self.balances_usd.items():
+            name = "" if endpoint == "default" else f" ({endpoint})"
+            parts.append(f"balance{name} ${balance:.2f}")
         parts.append(f"{self.elapsed_s:.1f}s ({self.done / max(self.elapsed_s, 1e-9):.0f} rows/s)")
         return "; ".join(parts)
 

@@ -202,7 +202,7 @@ class _Run:
                 outer.cancel_scope.cancel()  # the signal watcher's work is done
             if self.hard_stop:
                 raise Interrupted("stopped at once; every finished call is in the store")
-            self.stats.balance_usd = self.control.balance_usd
+            self.stats.balances_usd = dict(self.control.balances_usd)
             summary = self.stats.as_dict()
             finished = {"finished_at": datetime.now(UTC).isoformat(), "summary": summary}
             await anyio.to_thread.run_sync(results_sink.finish, finished)

@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 from helpers import run_cli, write_job, write_sim_models, write_tasks
 
-from batchroute import read_calls, read_results
+from batchroute import read_calls, read_metadata, read_results
 from batchroute.sim import SimulatorHandle, running_simulator
 
 LOCAL_MODELS = """
@@ -104,6 +104,10 @@ def test_each_tier_goes_to_its_own_endpoint_with_its_own_key_and_charges(
     assert results["cost_usd"].sum() == pytest.approx(
         paid_ledger["total_charged_usd"] + local_ledger["total_charged_usd"]
     )
+    # Each provider's balance is kept apart.
+    balances = read_metadata(tmp_path / "out/results.parquet")["summary"]["balances_usd"]
+    assert balances["default"] == pytest.approx(local_ledger["balance_usd"])
+    assert balances["paid"] == pytest.approx(paid_ledger["balance_usd"])
 
 
 def test_charge_rules_are_per_endpoint(
