@@ -158,7 +158,9 @@ def models_report(job: Job) -> ModelsReport:
 
             sim = job.simulator
             handle = stack.enter_context(
-                running_simulator(models=sim.models, seed=sim.seed, balance=sim.balance_usd)
+                running_simulator(
+                    models=sim.models, seed=sim.seed, balance=sim.balance_usd, replay=sim.replay
+                )
             )
             base_url = handle.base_url
         return anyio.run(lambda: list_models(job, base_url=base_url), backend="asyncio")

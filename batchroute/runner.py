@@ -95,7 +95,9 @@ def _start_simulator(job: Job, stack: contextlib.ExitStack) -> str:
 
     sim = job.simulator
     handle = stack.enter_context(
-        running_simulator(models=sim.models, seed=sim.seed, balance=sim.balance_usd)
+        running_simulator(
+            models=sim.models, seed=sim.seed, balance=sim.balance_usd, replay=sim.replay
+        )
     )
     return str(handle.base_url)
 
