@@ -45,7 +45,6 @@ dt { font-weight: 600; }
 """
 
 _GLOSSARY = (
-    ("plan", "the plan every row took, or how many plans the router chose between"),
     ("escalated", "share of rows run that moved past their first tier because a check failed"),
     ("fallback", "share of rows run where a failed call moved to a fallback model"),
     ("$/1k rows", "total cost divided by the rows run, times 1,000"),
@@ -55,6 +54,7 @@ _GLOSSARY = (
     ("p50 s / p95 s", "median and 95th percentile of a row's summed call latency"),
     ("accuracy", "share of rows run whose answer is right by the truth given"),
     ("kept", "accuracy divided by that of the run that put every row on the top tier"),
+    ("plans", "the plans the router chose, with the share of rows each got"),
     ("model mix", "share of answered rows whose final answer came from each model"),
 )
 

@@ -130,7 +130,8 @@ def open_page(path: Path, *, probe: str, width: int = 1400) -> PageVisit:
     """Open `path` in a fresh headless Chromium, evaluate `probe`, screenshot the whole page."""
     binary = chromium()
     assert binary is not None, "chromium is not installed"
-    with tempfile.TemporaryDirectory(prefix="chromium-") as profile:
+    # Cleanup errors are ignored: a helper process may still be writing its profile as it ends.
+    with tempfile.TemporaryDirectory(prefix="chromium-", ignore_cleanup_errors=True) as profile:
         process = subprocess.Popen(
             [
                 binary,
@@ -144,29 +145,50 @@ def open_page(path: Path, *, probe: str, width: int = 1400) -> PageVisit:
             stderr=subprocess.PIPE,
             text=True,
         )
+        browser: str | None = None
         try:
-            port = _devtools_port(process)
+            port, browser = _devtools(process)
             targets = json.loads(_get(f"http://127.0.0.1:{port}/json/list"))
             page = next(t for t in targets if t.get("type") == "page")
             url = path.resolve().as_uri()
             return asyncio.run(_visit(page["webSocketDebuggerUrl"], url, probe=probe, width=width))
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            _stop(process, browser)
 
 
-_LISTENING = re.compile(r"DevTools listening on ws://[^:]+:(\d+)/")
+def _stop(process: subprocess.Popen[str], browser: str | None) -> None:
+    """Browser.close first: a clean exit takes Chromium's helper processes along; then
+    SIGTERM, then SIGKILL, to the process this module started."""
+    if browser is not None and process.poll() is None:
+        try:
+            asyncio.run(_close(browser))
+        except (aiohttp.ClientError, TimeoutError):
+            pass  # it is going anyway
+    for signal_it in (process.terminate, process.kill):
+        if process.poll() is None:
+            signal_it()
+        try:
+            process.wait(timeout=10)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
-def _devtools_port(process: subprocess.Popen[str]) -> int:
-    """The port Chromium announces on stderr; a thread keeps draining stderr after it."""
+async def _close(browser_ws: str) -> None:
+    async with aiohttp.ClientSession() as session, session.ws_connect(browser_ws) as ws:
+        await ws.send_json({"id": 1, "method": "Browser.close"})
+        await ws.receive(timeout=10)
+
+
+_LISTENING = re.compile(r"DevTools listening on (ws://[^:]+:(\d+)/\S+)")
+
+
+def _devtools(process: subprocess.Popen[str]) -> tuple[int, str]:
+    """The port and browser websocket Chromium announces on stderr; a thread keeps draining
+    stderr after it, so the browser never blocks on a full pipe."""
     assert process.stderr is not None
     stderr = process.stderr
-    found: list[int] = []
+    found: list[tuple[int, str]] = []
     lines: list[str] = []
     announced = threading.Event()
 
@@ -175,7 +197,7 @@ def _devtools_port(process: subprocess.Popen[str]) -> int:
             lines.append(line)
             match = _LISTENING.search(line)
             if match and not found:
-                found.append(int(match.group(1)))
+                found.append((int(match.group(2)), match.group(1)))
                 announced.set()
         announced.set()  # stderr closed: the process is gone
 
