@@ -15,20 +15,25 @@ __all__ = ["FORMATS", "display_rows", "render", "shares_text", "shown_keys"]
 FORMATS = ("table", "csv", "json", "markdown")
 
 
+def _fixed(value: float | None, digits: int) -> str:
+    # Adding 0.0 turns a -0.0 from float noise (a sum minus the same sum) into 0.0.
+    return "-" if value is None else f"{round(value, digits) + 0.0:.{digits}f}"
+
+
 def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1%}"
+    return "-" if value is None else _fixed(value * 100, 1) + "%"
 
 
 def _usd(value: float | None) -> str:
-    return "-" if value is None else f"{value:.4f}"
+    return _fixed(value, 4)
 
 
 def _per_1k(value: float | None) -> str:
-    return "-" if value is None else f"{value * 1000:.4f}"
+    return "-" if value is None else _fixed(value * 1000, 4)
 
 
 def _seconds(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3f}"
+    return _fixed(value, 3)
 
 
 def _plans(plans: list[dict[str, Any]]) -> str:

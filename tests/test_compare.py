@@ -27,9 +27,10 @@ from helpers import run_cli
 from run_fixtures import TRUTH, Row, call, cascade_run, cheap_run, top_run, write_run
 
 import batchroute
-from batchroute.compare import compare_runs, read_run, read_runs
+from batchroute.compare import compare_runs
 from batchroute.compare_format import render
 from batchroute.errors import ConfigError, DatasetError
+from batchroute.runs import read_run, read_runs
 from batchroute.truth import Truth, load_scorer, normalize_answer, truth_from_options
 
 APPROX = pytest.approx
@@ -236,7 +237,8 @@ def test_cli_compare_with_a_scorer_and_a_plot(tmp_path: Path, runs: list[Path]) 
         "def right(row, answer):\n    return answer.strip(' .').lower() == row['expected'], None\n"
     )
     plot = tmp_path / "plot.png"
-    options = ["--truth-scorer", f"{scorer}:right", "--format", "json", "--plot", plot]
+    options: list[str | Path] = ["--truth-scorer", f"{scorer}:right", "--format", "json"]
+    options += ["--plot", plot]
     result = run_cli("compare", *runs, *options)
     assert result.returncode == 0, result.stderr
     figures = {r["run"]: r for r in json.loads(result.stdout)["runs"]}

@@ -6,6 +6,8 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -136,22 +138,40 @@ def test_a_bad_replay_table_is_a_config_error(tmp_path: Path) -> None:
         load_job(job)
 
 
+JOBS = [
+    f"{data}_{name}" for data in ("gsm8k", "mtbench") for name in ("mixtral", "gpt4", "cascade")
+]
+
+
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The repository's replay jobs and checks, run from a scratch copy so outputs and the
-    call store land there (the data folder is linked, not copied)."""
+    """The repository's six replay jobs, run through the CLI from a scratch copy so outputs
+    land there (data/ is linked, not copied). Each job gets its own call store so the six
+    run at once; the cascades then pay their calls anew instead of reusing them, which
+    changes none of the figures."""
     root = tmp_path_factory.mktemp("replay")
     (root / "jobs").mkdir()
-    for path in [*REPO.glob("jobs/gsm8k_*"), *REPO.glob("jobs/mtbench_*")]:
-        shutil.copy(path, root / "jobs" / path.name)
+    shutil.copy(REPO / "jobs" / "gsm8k_checks.py", root / "jobs")
+    for name in JOBS:
+        text = (REPO / "jobs" / f"{name}.toml").read_text()
+        store = f'\n[store]\npath = "../stores/{name}.sqlite"\n'
+        (root / "jobs" / f"{name}.toml").write_text(text + store)
     (root / "data").symlink_to(REPO / "data")
+    command = [sys.executable, "-m", "batchroute", "run", "-q"]
+    runs = [
+        subprocess.Popen(
+            [*command, f"jobs/{name}.toml"],
+            cwd=root,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name in JOBS
+    ]
+    for name, process in zip(JOBS, runs, strict=True):
+        _, stderr = process.communicate(timeout=120)
+        assert process.returncode == 0, f"{name}: {stderr}"
     return root
-
-
-def _run_jobs(root: Path, names: list[str]) -> None:
-    for name in names:
-        result = run_cli("run", f"jobs/{name}.toml", "-q", cwd=root)
-        assert result.returncode == 0, result.stderr
 
 
 def _sanity(dataset: str) -> dict[str, dict[str, str]]:
@@ -184,7 +204,6 @@ def _assert_reproduces(
 
 
 def test_gsm8k_replay_reproduces_the_sanity_table(workdir: Path) -> None:
-    _run_jobs(workdir, ["gsm8k_mixtral", "gsm8k_gpt4", "gsm8k_cascade"])
     # The failing-test check as truth reproduces the recorded labels...
     figures = _compare(workdir, "gsm8k", "jobs/gsm8k_checks.py:final_number_matches")
     _assert_reproduces(figures, _sanity("gsm8k"))
@@ -197,7 +216,6 @@ def test_gsm8k_replay_reproduces_the_sanity_table(workdir: Path) -> None:
 
 
 def test_mtbench_replay_with_the_recorded_judge(workdir: Path) -> None:
-    _run_jobs(workdir, ["mtbench_mixtral", "mtbench_gpt4", "mtbench_cascade"])
     expected = _sanity("mt_bench")
     figures = _compare(workdir, "mtbench", "batchroute.sim.replay:recorded_correct")
     _assert_reproduces(figures, expected)

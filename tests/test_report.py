@@ -12,8 +12,9 @@ from browser import chromium, open_page
 from helpers import run_cli
 from run_fixtures import cascade_run, cheap_run, top_run
 
-from batchroute.compare import compare_runs, read_run
+from batchroute.compare import compare_runs
 from batchroute.report import render_report
+from batchroute.runs import read_run
 
 needs_chromium = pytest.mark.skipif(
     chromium() is None,
