@@ -17,8 +17,8 @@ demo: install
 	$(BIN)/batchroute run jobs/demo.toml --force
 
 lint: install
-	$(BIN)/ruff check batchroute tests bench data
-	$(BIN)/ruff format --check batchroute tests bench data
+	$(BIN)/ruff check batchroute tests bench data jobs
+	$(BIN)/ruff format --check batchroute tests bench data jobs
 	$(BIN)/mypy
 
 test: lint

@@ -6,9 +6,13 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from batchroute import __version__
 from batchroute.errors import BatchrouteError
+
+if TYPE_CHECKING:
+    from batchroute.compare import Comparison
 
 EXIT_INTERRUPTED = 130
 
@@ -89,7 +93,108 @@ def _parser() -> argparse.ArgumentParser:
         " /v1/models), and the served models the job does not use. Exit 2 if one is missing.",
     )
     models.add_argument("job", type=Path, help="the job file (TOML)")
+    _compare_parsers(commands)
     return parser
+
+
+# --- compare and report ------------------------------------------------------------------------
+
+
+def _compare_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    runs = argparse.ArgumentParser(add_help=False)
+    runs.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="results files (Parquet)")
+    runs.add_argument(
+        "--truth",
+        metavar="COLUMN",
+        help="input column holding the right answer (exact match"
+        " after normalising case, space, punctuation and quotes)",
+    )
+    runs.add_argument(
+        "--truth-scorer",
+        metavar="FUNCTION",
+        help="module:function or file.py:function called"
+        " as f(row, answer) -> bool or (bool, reason), like a python check",
+    )
+    runs.add_argument(
+        "--answer-path",
+        metavar="PATH",
+        help="compare this JSON field of the answer (e.g. 'answer') instead of the whole answer",
+    )
+    runs.add_argument(
+        "--top-tier",
+        metavar="MODEL",
+        help="the model of the all-on-the-top-tier baseline"
+        " (default: the highest mean charge per answer call)",
+    )
+    runs.add_argument(
+        "--allow-mixed", action="store_true", help="compare runs over different datasets"
+    )
+    compare = commands.add_parser(
+        "compare",
+        parents=[runs],
+        help="compare runs: cost, quality, escalation, model mix",
+        description="One line per run: strategy and plan, rows ok/failed/skipped, escalation"
+        " and fallback rates, cost per row, total, new spend vs cached, saving against all"
+        " rows on the top tier, latency p50/p95, model mix; with a truth, accuracy and the"
+        " share of the top tier's accuracy kept.",
+    )
+    compare.add_argument(
+        "--format",
+        choices=("table", "csv", "json", "markdown"),
+        default="table",
+        help="output format (default: table)",
+    )
+    compare.add_argument(
+        "--plot",
+        type=Path,
+        metavar="FILE.png",
+        help="also draw cost versus quality (Pareto"
+        " front marked) and the model mix into a PNG (needs matplotlib: batchroute[plot])",
+    )
+    report = commands.add_parser(
+        "report",
+        parents=[runs],
+        help="write a static HTML report of runs (table and charts)",
+        description="Write one self-contained HTML page (no server, no internet) with the"
+        " comparison table, its notes, a cost-versus-quality chart and the model mix.",
+    )
+    report.add_argument(
+        "-o", "--output", type=Path, required=True, metavar="FILE.html", help="the page to write"
+    )
+    report.add_argument("--title", help="the page's title")
+
+
+def _comparison(args: argparse.Namespace) -> Comparison:
+    from batchroute.compare import compare_runs, read_runs
+    from batchroute.truth import truth_from_options
+
+    truth = truth_from_options(args.truth, scorer=args.truth_scorer, answer_path=args.answer_path)
+    runs = read_runs(args.runs)
+    return compare_runs(runs, truth=truth, top_tier=args.top_tier, allow_mixed=args.allow_mixed)
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from batchroute.compare_format import render
+
+    comparison = _comparison(args)
+    print(render(comparison, fmt=args.format))
+    if args.plot is not None:
+        from batchroute.plots import write_png
+
+        write_png(comparison, args.plot)
+        print(f"plot: {args.plot}", file=sys.stderr)
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from batchroute.report import write_report
+
+    write_report(_comparison(args), args.output, title=args.title)
+    print(f"report: {args.output}")
+    return 0
+
+
+# --- end of compare and report -----------------------------------------------------------------
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -101,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(args_list)
     _show_warnings()
     try:
+        if args.command in ("compare", "report"):
+            return _compare(args) if args.command == "compare" else _report(args)
         if args.command == "estimate":
             return _estimate(args)
         return _models(args) if args.command == "models" else _run(args)

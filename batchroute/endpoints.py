@@ -49,7 +49,9 @@ def endpoint_urls(job: Job) -> Iterator[dict[str, str]]:
 
             sim = job.simulator
             handle = stack.enter_context(
-                running_simulator(models=sim.models, seed=sim.seed, balance=sim.balance_usd)
+                running_simulator(
+                    models=sim.models, seed=sim.seed, balance=sim.balance_usd, replay=sim.replay
+                )
             )
             simulator_url = handle.base_url
         yield {

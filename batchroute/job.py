@@ -91,6 +91,8 @@ class SimulatorConfig(_Section):
     models: Path | None = None
     seed: int = 0
     balance_usd: float | None = None
+    # Replay mode: a recorded table whose models answer with their recorded outputs and cost.
+    replay: Path | None = None
 
 
 class Prices(_Section):
@@ -322,7 +324,11 @@ class Job(_Section):
         sim = self.simulator
         models = sim.models.read_bytes() if sim.models is not None else b"default"
         digest = hashlib.blake2b(models, digest_size=8).hexdigest()
-        return f"embedded:seed={sim.seed}:models={digest}"
+        identity = f"embedded:seed={sim.seed}:models={digest}"
+        if sim.replay is not None:  # other recordings, other answers
+            recorded = hashlib.blake2b(sim.replay.read_bytes(), digest_size=8).hexdigest()
+            identity += f":replay={recorded}"
+        return identity
 
 
 _PATH_SETTINGS = (
@@ -330,6 +336,7 @@ _PATH_SETTINGS = (
     ("output", "path"),
     ("output", "calls"),
     ("simulator", "models"),
+    ("simulator", "replay"),
     ("store", "path"),
 )
 
@@ -391,7 +398,22 @@ def load_job(path: Path | str) -> Job:
         job = Job.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(f"{path}: {_first_problem(exc)}") from None
-    return _anchor_paths(job, base=path.parent, source=path)
+    job = _anchor_paths(job, base=path.parent, source=path)
+    if job.simulator.replay is not None:
+        _check_replay(job.simulator.replay, source=path)
+    return job
+
+
+def _check_replay(table: Path, *, source: Path) -> None:
+    """A replay table must be readable and laid out as one (its schema only is read)."""
+    from batchroute.sim.replay import ReplayError, check_layout
+
+    if not table.is_file():
+        raise ConfigError(f"{source}: simulator.replay: no such file {table}")
+    try:
+        check_layout(table)
+    except ReplayError as exc:
+        raise ConfigError(f"{source}: simulator.replay: {exc}") from None
 
 
 def _first_problem(exc: ValidationError) -> str:
@@ -419,7 +441,9 @@ def _anchor_paths(job: Job, *, base: Path, source: Path) -> Job:
         update={
             "input": job.input.model_copy(update=updates_in),
             "output": job.output.model_copy(update=updates_out),
-            "simulator": sim.model_copy(update={"models": anchored(sim.models)}),
+            "simulator": sim.model_copy(
+                update={"models": anchored(sim.models), "replay": anchored(sim.replay)}
+            ),
             "store": job.store.model_copy(update={"path": store_path}),
             "source": source,
         }

@@ -27,8 +27,10 @@ Serve an OpenAI-compatible API on HOST:PORT that behaves like a paid provider:
 GET /v1/models and POST /v1/chat/completions (non-streaming) with per-model prices,
 latency, rpm/tpm limits (429 + Retry-After), injected 429/500/503/hang errors, the
 X-MDB-Charged-USD and X-MDB-Balance-USD headers, and deterministic answers whose quality
-depends on the model's skill. GET /sim/ledger shows what was charged; POST /sim/reset
-clears it. Once listening it prints one line: "batchroute sim listening on URL".
+depends on the model's skill. With --replay, the models of a recorded table answer with
+their recorded responses and charge their recorded cost instead. GET /sim/ledger shows
+what was charged; POST /sim/reset clears it. Once listening it prints one line:
+"batchroute sim listening on URL".
 """
 
 _MODELS_HELP = """\
@@ -64,6 +66,14 @@ def _parser() -> argparse.ArgumentParser:
         help="throughput mode for benchmarks: a constant answer with no latency, no injected "
         "errors and no rate limits, still with usage, charge headers and the ledger",
     )
+    parser.add_argument(
+        "--replay",
+        type=Path,
+        metavar="TABLE",
+        help="replay mode: the models of this recorded table (Parquet/CSV, one row per prompt,"
+        " <model>__response/__correct/__cost_usd/... columns) answer with their recorded"
+        " response and charge their recorded cost; 'replay-judge' returns recorded scores",
+    )
     return parser
 
 
@@ -75,10 +85,26 @@ def main(argv: list[str] | None = None) -> int:
     except SimConfigError as exc:
         print(f"batchroute sim: error: {exc}", file=sys.stderr)
         return 2
+    replay = None
+    if args.replay is not None:
+        from batchroute.sim.replay import ReplayError, ReplayTable
+
+        try:
+            replay = ReplayTable.read(args.replay)
+        except ReplayError as exc:
+            print(f"batchroute sim: error: {exc}", file=sys.stderr)
+            return 2
     # aiohttp is only needed to serve; importing it here keeps `running_simulator` light.
     from batchroute.sim.server import Sim, serve
 
-    sim = Sim(config, seed=args.seed, balance=args.balance, api_key=args.api_key, fast=args.fast)
+    sim = Sim(
+        config,
+        seed=args.seed,
+        balance=args.balance,
+        api_key=args.api_key,
+        fast=args.fast,
+        replay=replay,
+    )
 
     def announce(base_url: str) -> None:
         print(f"batchroute sim listening on {base_url}", flush=True)

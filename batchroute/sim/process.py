@@ -57,6 +57,7 @@ def running_simulator(
     balance: float | None = None,
     api_key: str | None = None,
     fast: bool = False,
+    replay: Path | None = None,
     host: str = "127.0.0.1",
     startup_timeout: float = 15.0,
 ) -> Iterator[SimulatorHandle]:
@@ -71,6 +72,8 @@ def running_simulator(
         cmd += ["--api-key", api_key]
     if fast:
         cmd.append("--fast")
+    if replay is not None:
+        cmd += ["--replay", str(replay)]
     # stderr goes to a file, not a pipe: nobody drains it while the server runs, and a full
     # pipe would block the server; the file is still there to explain a failed start.
     with tempfile.TemporaryFile("w+", encoding="utf-8") as stderr:

@@ -25,6 +25,7 @@ from aiohttp import web
 
 from batchroute.sim import answers
 from batchroute.sim.config import ModelSpec, SimConfig
+from batchroute.sim.replay import ReplayMiss, ReplayTable
 
 __all__ = ["BadRequest", "ChatRequest", "RateWindow", "Sim", "build_app", "parse_chat", "serve"]
 
@@ -199,8 +200,10 @@ class Sim:
         balance: float | None = None,
         api_key: str | None = None,
         fast: bool = False,
+        replay: ReplayTable | None = None,
     ) -> None:
         self.config, self.seed, self.fast = config, seed, fast
+        self.replay = replay  # replay mode: these models answer from recorded outputs
         self.start_balance = config.balance_usd if balance is None else balance
         self.auth = None if api_key is None else f"Bearer {api_key}"
         self._ids = itertools.count()
@@ -253,7 +256,14 @@ class Sim:
     ) -> dict[str, str]:
         """Book a successful call; returns the charge and balance headers."""
         prices = spec.usd_per_mtok
-        charged = f"{(prompt * prices.input + completion * prices.output) / 1e6:.10f}"
+        usd = (prompt * prices.input + completion * prices.output) / 1e6
+        return self.book_charge(book, usd=usd, prompt=prompt, completion=completion)
+
+    def book_charge(
+        self, book: ModelBook, *, usd: float, prompt: int, completion: int
+    ) -> dict[str, str]:
+        """Book a successful call charged `usd`; returns the charge and balance headers."""
+        charged = f"{usd:.10f}"
         # Add exactly what the header says, so a client summing headers matches the ledger.
         value = float(charged)
         self.balance -= value
@@ -362,6 +372,8 @@ async def _chat(request: web.Request) -> web.Response:
     if book is None:  # unknown names get a ledger entry too, to show what a job misspelled
         book = sim.books[req.model] = ModelBook()
     book.requests += 1
+    if sim.replay is not None and sim.replay.serves(req.model):
+        return _replayed(sim, req, book=book)
     if spec is None:
         book.errors["404"] += 1
         return _error("404", message=f"The model `{req.model}` does not exist.", param="model")
@@ -408,6 +420,25 @@ async def _chat(request: web.Request) -> web.Response:
     return web.Response(body=body, content_type="application/json", headers=headers)
 
 
+def _replayed(sim: Sim, req: ChatRequest, *, book: ModelBook) -> web.Response:
+    """Replay mode: the recorded response, usage and cost; no latency, limits or faults."""
+    assert sim.replay is not None
+    rid = sim.next_id()
+    headers = {"x-request-id": f"req_{rid}"}
+    try:
+        reply = sim.replay.reply(req.model, req.prompt)
+    except ReplayMiss as exc:
+        book.errors[exc.status] = book.errors.get(exc.status, 0) + 1
+        return _error(exc.status, headers=headers, message=str(exc), param="messages")
+    if sim.balance <= 0:
+        book.errors["402"] += 1
+        return _error("402", headers=headers)
+    usage = (reply.prompt_tokens, reply.completion_tokens)
+    headers |= sim.book_charge(book, usd=reply.cost_usd, prompt=usage[0], completion=usage[1])
+    body = _completion(req, rid=rid, content=reply.content, finish="stop", usage=usage)
+    return web.Response(body=body, content_type="application/json", headers=headers)
+
+
 async def _inject(fault: str, *, spec: ModelSpec, headers: dict[str, str]) -> web.Response:
     if fault == "429":
         # A provider-side limit the client cannot predict; it says to come back shortly.
@@ -423,9 +454,10 @@ async def _models(request: web.Request) -> web.Response:
     sim = request.app[SIM_KEY]
     if (refused := _refuse_auth(request, sim)) is not None:
         return refused
+    replayed = sim.replay.served if sim.replay is not None else ()
     data = [
         {"id": name, "object": "model", "created": 0, "owned_by": "batchroute-sim"}
-        for name in sim.config.models
+        for name in dict.fromkeys([*sim.config.models, *replayed])
     ]
     return web.json_response({"object": "list", "data": data})
 
