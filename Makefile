@@ -63,7 +63,7 @@ demo: install
 
 # The cascade of jobs/local_model.toml: SmolLM2 on llama.cpp first, the simulator after it.
 demo-model: install model
-	$(BIN)/python jobs/with_local_model.py $(PEERS)/llama -- \
+	$(BIN)/python jobs/serve_local_model.py $(PEERS)/llama -- \
 		$(BIN)/batchroute run jobs/local_model.toml --force
 
 lint: install
