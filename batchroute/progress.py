@@ -114,7 +114,10 @@ class RunStats:
             parts.append(f"shadow sampling ${self.routes.shadow_cost_usd:.4f} (not in the total)")
         if self.balance_usd is not None:
             parts.append(f"balance ${self.balance_usd:.2f}")
-        parts.append(f"{self.elapsed_s:.1f}s ({self.done / max(self.elapsed_s, 1e-9):.0f} rows/s)")
+        # issue 7 (real peers): a model on a CPU does well under one row a second, not "0".
+        rate = self.done / max(self.elapsed_s, 1e-9)
+        shown = f"{rate:.0f}" if rate >= 10 else f"{rate:.2g}"
+        parts.append(f"{self.elapsed_s:.1f}s ({shown} rows/s)")
         return "; ".join(parts)
 
 
