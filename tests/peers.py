@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import time
@@ -168,10 +169,10 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
     """SIGTERM to the server's process group, ten seconds' grace, then SIGKILL."""
     if process.poll() is None:
         try:
-            os.killpg(process.pid, 15)
+            os.killpg(process.pid, signal.SIGTERM)
             process.wait(timeout=10)
         except subprocess.TimeoutExpired:
-            os.killpg(process.pid, 9)
+            os.killpg(process.pid, signal.SIGKILL)
             process.wait()
         except ProcessLookupError:
             process.wait()

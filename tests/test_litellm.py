@@ -208,13 +208,14 @@ def test_an_enforced_429_without_retry_after_backs_off_and_every_row_settles(
     fell_back = results.filter(pl.col("fallback_used"))
     assert fell_back.height >= 1 and set(fell_back["model"]) == {"spare"}
     # Backoff without a Retry-After: exponential with "equal jitter", so the wait after
-    # attempt k lies in [c/2, c] with c = 0.2 s * 2^(k-1), plus scheduling slack.
+    # attempt k lies in [c/2, c] with c = 0.2 s * 2^(k-1), plus slack for a busy machine (far
+    # below the 60 s the proxy's own header names).
     waits = 0
     for _, attempts in calls.filter(pl.col("model") == "limited").group_by("row_id"):
         for before, after in itertools.pairwise(attempts.sort("attempt").iter_rows(named=True)):
             ceiling = 0.2 * 2 ** (before["attempt"] - 1)
             ended = before["started_at"].timestamp() + before["latency_s"]
             waited = after["started_at"].timestamp() - ended
-            assert ceiling / 2 <= waited <= ceiling + 0.5, (before, after)
+            assert ceiling / 2 <= waited <= ceiling + 2.0, (before, after)
             waits += 1
     assert waits >= 1
