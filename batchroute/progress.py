@@ -117,7 +117,10 @@ class RunStats:
         for endpoint, balance in self.balances_usd.items():
             name = "" if endpoint == "default" else f" ({endpoint})"
             parts.append(f"balance{name} ${balance:.2f}")
-        parts.append(f"{self.elapsed_s:.1f}s ({self.done / max(self.elapsed_s, 1e-9):.0f} rows/s)")
+        # A model on a CPU does well under one row a second: show that, not "0 rows/s".
+        rate = self.done / max(self.elapsed_s, 1e-9)
+        shown = f"{rate:.0f}" if rate >= 10 else f"{rate:.2g}"
+        parts.append(f"{self.elapsed_s:.1f}s ({shown} rows/s)")
         return "; ".join(parts)
 
 
