@@ -105,6 +105,12 @@ class ModelConfig(_Section):
     fallbacks: tuple[str, ...] = ()
 
 
+# What a model without a [models] table gets: no limits, prices or fallbacks. One shared
+# (frozen) instance, because `Job.model` is asked on every call and validating a new one each
+# time was a visible share of the per-call cost.
+NO_MODEL_SETTINGS = ModelConfig()
+
+
 class ResponseFormat(_Section):
     type: Literal["text", "json_object", "json_schema"]
     name: str = "answer"
@@ -285,7 +291,7 @@ class Job(_Section):
         return self
 
     def model(self, name: str) -> ModelConfig:
-        return self.models.get(name, ModelConfig())
+        return self.models.get(name, NO_MODEL_SETTINGS)
 
     def settings(self) -> dict[str, Any]:
         """The job as plain data for output metadata: names of secrets, never their values."""
