@@ -12,10 +12,9 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
-import openai
 
 from batchroute.budget import Budget
 from batchroute.control import RunControl
@@ -33,6 +32,9 @@ from batchroute.transport import (
     TransportTimeout,
     reply_from_sdk_error,
 )
+
+if TYPE_CHECKING:
+    import openai
 
 # Codes that mean "this model cannot take this request, another might" rather than "the
 # request is wrong": the fallback model may have a longer context or actually exist.

@@ -163,8 +163,6 @@ class _Run:
 
     async def execute(self, base_url: str) -> RunReport:
         job, prep = self.job, self.prep
-        if self.options.cache != "offline":  # a model the endpoint lacks stops the run here
-            await check_served(job, base_url=base_url, api_key=prep.api_key)
         results_sink, calls_sink = self._sinks()
         writer = StoreWriter(prep.store)
         cache = CallCache(
@@ -181,6 +179,12 @@ class _Run:
             timeout_s=job.endpoint.timeout_s,
             connections=job.run.concurrency,
         )
+        try:
+            if self.options.cache != "offline":  # a model the endpoint lacks stops the run here
+                await check_served(job, transport=transport, base_url=base_url)
+        except BaseException:
+            await transport.aclose()
+            raise
         caller = Caller(
             transport,
             job=job,
