@@ -38,7 +38,7 @@ from batchroute.records import (
 )
 from batchroute.router import Plan
 from batchroute.sink import ParquetSink
-from batchroute.store import CallCache, StoreWriter
+from batchroute.store import CallCache, StoreReader, StoreWriter
 from batchroute.transport import Transport, open_transport
 
 
@@ -164,13 +164,14 @@ class _Run:
     async def execute(self, base_url: str) -> RunReport:
         job, prep = self.job, self.prep
         results_sink, calls_sink = self._sinks()
-        writer = StoreWriter(prep.store)
+        writer, reader = StoreWriter(prep.store), StoreReader(prep.store)
         cache = CallCache(
             prep.store,
             writer,
             run_id=prep.run_id,
             endpoint=job.endpoint_identity(),
             mode=self.options.cache,
+            reader=reader,
         )
         transport = open_transport(
             job.endpoint.transport,
@@ -204,10 +205,12 @@ class _Run:
                     outer.start_soon(self._watch_signals, outer.cancel_scope)
                 async with anyio.create_task_group() as inner:
                     inner.start_soon(writer.run)
+                    inner.start_soon(reader.run)
                     try:
                         await self._pipeline(executor, bar, results_sink, calls_sink)
                     finally:
                         writer.close()  # the writer commits what is queued, then ends
+                        reader.close()
                 outer.cancel_scope.cancel()  # the signal watcher's work is done
             if self.hard_stop:
                 raise Interrupted("stopped at once; every finished call is in the store")
