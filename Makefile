@@ -77,9 +77,21 @@ test: lint peers
 test-model: install model
 	$(BIN)/pytest -q -m model
 
-bench: install
+$(VENV)/.bench-installed: pyproject.toml $(STAMP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
+	touch $@
+
+# Every benchmark of bench/RESULTS.md, each writing its own section there (about 13 minutes).
+bench: install $(VENV)/.bench-installed
 	$(BIN)/python bench/sim_throughput.py
-	$(BIN)/python bench/headroom.py
+	$(BIN)/python bench/overhead.py
+	$(BIN)/python bench/rate_limits.py
+	$(BIN)/python bench/latency.py
+	$(BIN)/python bench/cascade.py
+	$(BIN)/python bench/memory.py
+	$(BIN)/python bench/startup.py
+	$(BIN)/python bench/store_cost.py
+	$(BIN)/python bench/profile.py
 
 clean:
 	rm -rf $(VENV) $(PEERS) out .pytest_cache .mypy_cache .ruff_cache

@@ -2,19 +2,50 @@
 
 from __future__ import annotations
 
+import importlib
 from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
 
 try:
     __version__ = version("batchroute")
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0.0.0+unknown"
 
-from batchroute.compare import compare  # noqa: E402
-from batchroute.job import Job, load_job  # noqa: E402
-from batchroute.preflight import RunOptions  # noqa: E402
-from batchroute.results import read_calls, read_metadata, read_results  # noqa: E402
-from batchroute.runner import RunReport, arun, run  # noqa: E402
-from batchroute.runs import Run, read_run  # noqa: E402
+if TYPE_CHECKING:
+    from batchroute.comparison import compare
+    from batchroute.job import Job, load_job
+    from batchroute.preflight import RunOptions
+    from batchroute.results import read_calls, read_metadata, read_results
+    from batchroute.runner import RunReport, arun, run
+    from batchroute.runs import Run, read_run
+
+# The public API is imported on first use (PEP 562): importing it all up front costs most of
+# a second (polars, pyarrow, the openai SDK), which `batchroute --help` and every `sim`
+# process would pay for nothing.
+_HOMES = {
+    "Job": "batchroute.job",
+    "load_job": "batchroute.job",
+    "RunOptions": "batchroute.preflight",
+    "read_calls": "batchroute.results",
+    "read_metadata": "batchroute.results",
+    "read_results": "batchroute.results",
+    "RunReport": "batchroute.runner",
+    "arun": "batchroute.runner",
+    "run": "batchroute.runner",
+    "compare": "batchroute.comparison",
+    "Run": "batchroute.runs",
+    "read_run": "batchroute.runs",
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'batchroute' has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value  # found directly from now on
+    return value
+
 
 __all__ = [
     "Job",

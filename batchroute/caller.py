@@ -12,10 +12,9 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
-import openai
 
 from batchroute.budget import Budget
 from batchroute.control import RunControl
@@ -33,6 +32,9 @@ from batchroute.transport import (
     TransportTimeout,
     reply_from_sdk_error,
 )
+
+if TYPE_CHECKING:
+    import openai
 
 # Codes that mean "this model cannot take this request, another might" rather than "the
 # request is wrong": the fallback model may have a longer context or actually exist.
@@ -139,10 +141,9 @@ class Caller:
         """
         outcome = TierOutcome()
         candidates = (model, *self._job.model(model).fallbacks)
-        keys = [self._cache.key(name, messages, params) for name in candidates]
         if self._cache.reads:
-            for position, (name, key) in enumerate(zip(candidates, keys, strict=True)):
-                stored = await self._cache.find(key)
+            for position, name in enumerate(candidates):
+                stored = await self._cache.find(self._cache.key(name, messages, params))
                 if stored is not None:
                     outcome.records.append(self._replayed(stored, row_id, tier=tier))
                     outcome.answer, outcome.model = stored.answer, name
@@ -153,7 +154,7 @@ class Caller:
                     FailureKind.SKIP, "not_cached", "offline, and no stored answer"
                 )
                 return outcome
-        for position, (name, key) in enumerate(zip(candidates, keys, strict=True)):
+        for position, name in enumerate(candidates):
             for attempt in range(1, self._policy.max_attempts + 1):
                 if self._control.stop_error is not None:
                     outcome.failure = _skipped(self._control.stop_error)
@@ -173,7 +174,12 @@ class Caller:
                     outcome.answer, outcome.model = answer, name
                     outcome.fallback_used = position > 0
                     outcome.failure = None  # earlier attempts' failures were overcome
-                    await self._cache.remember(_to_store(key, record, answer, self._cache.run_id))
+                    if self._cache.writes:
+                        # Hashed here, for the model that answered, not for every fallback.
+                        key = self._cache.key(name, messages, params)
+                        await self._cache.remember(
+                            _to_store(key, record, answer, self._cache.run_id)
+                        )
                     return outcome
                 outcome.failure = failure
                 if failure.kind is FailureKind.FATAL:

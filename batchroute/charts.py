@@ -11,7 +11,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from batchroute.compare import Comparison
+from batchroute.comparison import Comparison
 
 __all__ = [
     "PALETTE",

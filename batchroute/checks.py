@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import anyio
-import jsonschema
 
 from batchroute.check_config import CheckConfig, parse_json_path
 from batchroute.job import Params
@@ -114,16 +113,21 @@ class JsonSchemaCheck:
     name = "json_schema"
 
     def __init__(self, schema: dict[str, Any]) -> None:
+        # Imported here, not at the top: jsonschema is a twelfth of a run's start-up, which
+        # only jobs with this check should pay.
+        import jsonschema
+
         validator_class = jsonschema.validators.validator_for(schema)
         validator_class.check_schema(schema)
         self._validator = validator_class(schema)
+        self._best_match = jsonschema.exceptions.best_match
 
     def __call__(self, answer: str) -> Verdict:
         try:
             value = json.loads(answer)
         except json.JSONDecodeError as exc:
             return Verdict(False, f"not JSON: {exc.msg} at char {exc.pos}")
-        error = jsonschema.exceptions.best_match(self._validator.iter_errors(value))
+        error = self._best_match(self._validator.iter_errors(value))
         if error is None:
             return Verdict(True)
         where = "/".join(str(p) for p in error.absolute_path)
@@ -346,6 +350,8 @@ def build_check(config: CheckConfig | None, *, params: Params) -> Check | None:
         schema = params.response_format.schema_
     if schema is None:
         raise ValueError("schema: a json_schema check needs a schema (or a json_schema response)")
+    import jsonschema  # see JsonSchemaCheck
+
     try:
         return JsonSchemaCheck(schema)
     except jsonschema.exceptions.SchemaError as exc:

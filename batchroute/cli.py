@@ -12,7 +12,7 @@ from batchroute import __version__
 from batchroute.errors import BatchrouteError
 
 if TYPE_CHECKING:
-    from batchroute.compare import Comparison
+    from batchroute.comparison import Comparison
 
 EXIT_INTERRUPTED = 130
 
@@ -165,7 +165,7 @@ def _compare_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParse
 
 
 def _comparison(args: argparse.Namespace) -> Comparison:
-    from batchroute.compare import compare_runs, read_runs
+    from batchroute.comparison import compare_runs, read_runs
     from batchroute.truth import truth_from_options
 
     truth = truth_from_options(args.truth, scorer=args.truth_scorer, answer_path=args.answer_path)

@@ -8,7 +8,7 @@ import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from batchroute.compare import Comparison
+from batchroute.comparison import Comparison
 
 __all__ = ["FORMATS", "display_rows", "render", "shares_text", "shown_keys"]
 

@@ -109,6 +109,12 @@ class ModelConfig(_Section):
     endpoint: str | None = None  # a table of [endpoints]; else the job's [endpoint]
 
 
+# What a model without a [models] table gets: no limits, prices or fallbacks. One shared
+# (frozen) instance, because `Job.model` is asked on every call and validating a new one each
+# time was a visible share of the per-call cost.
+NO_MODEL_SETTINGS = ModelConfig()
+
+
 class ResponseFormat(_Section):
     type: Literal["text", "json_object", "json_schema"]
     name: str = "answer"
@@ -290,7 +296,7 @@ class Job(_Section):
         return self
 
     def model(self, name: str) -> ModelConfig:
-        return self.models.get(name, ModelConfig())
+        return self.models.get(name, NO_MODEL_SETTINGS)
 
     def endpoint_name(self, model: str) -> str:
         """Which endpoint serves `model`: its own `endpoint`, else the job's."""

@@ -12,21 +12,35 @@ from aiolimiter import AsyncLimiter
 
 from batchroute.job import Job
 
-# A bucket holds this many seconds' worth of its rate. aiolimiter lets a full bucket go out
-# in one burst; a bucket of a whole minute would let a fresh run send 2x the limit in its first
-# minute, which a provider counting a sliding minute answers with 429s.
+# A bucket holds this many seconds' worth of its rate: after a pause, at most that much goes
+# out in one burst (a bucket of a whole minute would send a minute's worth at once).
 BURST_SECONDS = 1.0
 
-_L = TypeVar("_L", bound=AsyncLimiter)
+_L = TypeVar("_L", bound="Bucket")
 
 
-class TokenBucket(AsyncLimiter):
-    """An AsyncLimiter for tokens whose reservations are corrected by the real usage.
+class Bucket(AsyncLimiter):
+    """An AsyncLimiter that starts a run as if its last second had been used.
+
+    aiolimiter's buckets start empty, so a fresh run would send a whole bucket at once and
+    then keep pace: its first minute would hold the limit plus the burst, which a provider
+    counting a sliding minute answers with 429s. Started full (but for one unit, so the first
+    call goes at once), no sliding minute ever holds more than the limit; a burst only spends
+    what a pause saved up. It sets aiolimiter's `_level` (the capacity in use), which the
+    public API cannot.
+    """
+
+    def start_full(self) -> None:
+        self._leak()  # stamps the last check with the current time; the level is still 0
+        self._level = max(0.0, self.max_rate - 1.0)
+
+
+class TokenBucket(Bucket):
+    """A Bucket for tokens whose reservations are corrected by the real usage.
 
     A call reserves an estimate before it is sent (prompt estimate plus max_tokens) and the
     response reports what it really used; `settle` moves the bucket's level by the difference
-    so the next calls see the true spend. It relies on aiolimiter's `_level` (the capacity in
-    use), the one piece of its state the public API cannot adjust.
+    so the next calls see the true spend (through aiolimiter's `_level` again).
     """
 
     def reserve_amount(self, estimate: int) -> float:
@@ -44,7 +58,7 @@ class ModelLimits:
     """The limits of one model. Build inside the running event loop."""
 
     def __init__(self, *, rpm: int | None, tpm: int | None, max_concurrency: int | None) -> None:
-        self.requests = _limiter(AsyncLimiter, rpm)
+        self.requests = _limiter(Bucket, rpm)
         self.tokens = _limiter(TokenBucket, tpm)
         self.slots = anyio.CapacityLimiter(max_concurrency) if max_concurrency else None
 
@@ -91,7 +105,9 @@ def _limiter(kind: type[_L], per_minute: int | None) -> _L | None:
         return None
     per_second = per_minute / 60.0
     capacity = max(1.0, math.floor(per_second * BURST_SECONDS))
-    return kind(capacity, capacity / per_second)
+    bucket = kind(capacity, capacity / per_second)
+    bucket.start_full()
+    return bucket
 
 
 class Limits:

@@ -10,19 +10,25 @@ from __future__ import annotations
 import difflib
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import anyio
-import openai
 
 from batchroute.endpoints import api_keys, endpoint_urls
 from batchroute.errors import ConfigError
 from batchroute.job import DEFAULT_ENDPOINT, Job, models_named, route_targets
+from batchroute.transport import Transport, TransportConnection, TransportTimeout
+
+if TYPE_CHECKING:
+    import openai
 
 log = logging.getLogger("batchroute")
 
 
 async def served_models(client: openai.AsyncOpenAI) -> list[str] | None:
     """The model ids the endpoint lists (every page); None when it has no such route (404)."""
+    import openai
+
     try:
         return [model.id async for model in client.models.list()]
     except openai.NotFoundError:
@@ -57,51 +63,49 @@ def missing_message(
 
 
 def _client(job: Job, *, endpoint: str, base_url: str, api_key: str) -> openai.AsyncOpenAI:
-    # Its own short-lived client: one GET, whatever transport the run's calls use.
+    # Its own short-lived client: one GET, for `batchroute models`. Imported here because the
+    # SDK is slow to import and `batchroute run` lists the models through its own transport.
+    import openai
+
     timeout = job.all_endpoints()[endpoint].timeout_s
     return openai.AsyncOpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=timeout)
 
 
-async def check_served(job: Job, *, endpoint: str, base_url: str, api_key: str) -> None:
+async def check_served(job: Job, *, endpoint: str, transport: Transport, base_url: str) -> None:
     """Raise ConfigError for the first model the job names that the endpoint does not serve.
 
     An endpoint without the route is tolerated with a warning, as is one that fails to list:
-    the run's own calls then say what is wrong, row by row.
+    the run's own calls then say what is wrong, row by row. The list is fetched through the
+    run's own transport, so a run over plain HTTP never loads the openai SDK (most of its
+    start-up time); the statuses mean what they meant to the SDK's `models.list()`.
     """
+    where = _where(job, endpoint, base_url)
     try:
-        async with _client(job, endpoint=endpoint, base_url=base_url, api_key=api_key) as client:
-            served = await served_models(client)
-    except openai.APIStatusError as exc:
-        if exc.status_code in (401, 403):
-            return  # the first call stops the run with the credentials error
+        reply = await transport.models()
+    except TransportTimeout:
+        log.warning("%s did not list its models in time; names not checked", where)
+        return
+    except TransportConnection as exc:
+        # Nothing answers there: every row would fail after its retries, so say it once now.
+        raise ConfigError(f"{job.source}: endpoint.base_url: cannot reach {where}: {exc}") from None
+    if reply.status == 404:
+        log.warning("%s has no GET /models route; the job's model names were not checked", where)
+        return
+    if reply.status in (401, 403):
+        return  # the first call stops the run with the credentials error
+    if not 200 <= reply.status < 300:
         log.warning(
             "%s answered %s to GET /models; the job's model names were not checked",
-            _where(job, endpoint, base_url),
-            exc.status_code,
+            where,
+            reply.status,
         )
         return
-    except openai.APITimeoutError:
-        log.warning(
-            "%s did not list its models in time; names not checked", _where(job, endpoint, base_url)
-        )
-        return
-    except openai.APIConnectionError as exc:
-        # Nothing answers there: every row would fail after its retries, so say it once now.
-        raise ConfigError(
-            f"{job.source}: endpoint.base_url: cannot reach {_where(job, endpoint, base_url)}:"
-            f" {' '.join(exc.message.split())}"
-        ) from None
-    except openai.APIError as exc:
-        log.warning(
-            "could not list the models of %s (%s); the job's model names were not checked",
-            _where(job, endpoint, base_url),
-            type(exc).__name__,
-        )
-        return
+    served = _model_ids(reply.body)
     if served is None:
         log.warning(
-            "%s has no GET /models route; the job's model names were not checked",
-            _where(job, endpoint, base_url),
+            "could not list the models of %s (not a model list); the job's model names"
+            " were not checked",
+            where,
         )
         return
     for model in _models_on(job, endpoint):
@@ -111,6 +115,15 @@ async def check_served(job: Job, *, endpoint: str, base_url: str, api_key: str) 
                     job, model=model, served=served, endpoint=endpoint, base_url=base_url
                 )
             )
+
+
+def _model_ids(body: Any) -> list[str] | None:
+    """The ids of an OpenAI-style `{"object": "list", "data": [{"id": ...}, ...]}`."""
+    data = body.get("data") if isinstance(body, dict) else None
+    if not isinstance(data, list):
+        return None
+    ids = [item.get("id") for item in data if isinstance(item, dict)]
+    return [i for i in ids if isinstance(i, str)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +165,8 @@ class ModelsReport:
 
 async def list_models(job: Job, *, base_urls: dict[str, str]) -> list[ModelsReport]:
     """Ask each endpoint the job uses for its models and compare them with the job's."""
+    import openai
+
     keys = api_keys(job)
     reports = []
     for endpoint, base_url in base_urls.items():

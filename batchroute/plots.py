@@ -19,7 +19,7 @@ from batchroute.charts import (
     model_mix,
     place_labels,
 )
-from batchroute.compare import Comparison
+from batchroute.comparison import Comparison
 from batchroute.errors import ConfigError, OutputError
 
 __all__ = ["write_png"]

@@ -19,12 +19,14 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import aiohttp
-import openai
 
 from batchroute import __version__
+
+if TYPE_CHECKING:
+    import openai
 
 TransportName = Literal["aiohttp", "openai"]
 
@@ -64,6 +66,10 @@ class Transport(Protocol):
         """POST /chat/completions; raises TransportError when no HTTP answer comes."""
         ...
 
+    async def models(self) -> Reply:
+        """GET /models, the endpoint's model list; raises TransportError like `chat`."""
+        ...
+
     async def aclose(self) -> None: ...
 
 
@@ -97,8 +103,14 @@ class AiohttpTransport:
 
     async def chat(self, payload: dict[str, Any]) -> Reply:
         data = json.dumps(payload, ensure_ascii=False).encode()
+        return await self._request("POST", "/chat/completions", data)
+
+    async def models(self) -> Reply:
+        return await self._request("GET", "/models", None)
+
+    async def _request(self, method: str, path: str, data: bytes | None) -> Reply:
         try:
-            async with self._session.post(self._base + "/chat/completions", data=data) as response:
+            async with self._session.request(method, self._base + path, data=data) as response:
                 raw = await response.read()
                 headers = response.headers
                 status = response.status
@@ -121,14 +133,25 @@ class SdkTransport:
     """The openai SDK's client, used as a transport: its answers and errors become Replies."""
 
     def __init__(self, *, base_url: str, api_key: str, timeout_s: float) -> None:
+        import openai  # only this transport needs the SDK; it is slow to import
+
         self._client = openai.AsyncOpenAI(
             base_url=base_url, api_key=api_key, max_retries=0, timeout=timeout_s
         )
+        self._api_error = openai.APIError
 
     async def chat(self, payload: dict[str, Any]) -> Reply:
         try:
             raw = await self._client.chat.completions.with_raw_response.create(**payload)
-        except openai.APIError as exc:
+        except self._api_error as exc:
+            return reply_from_sdk_error(exc)
+        response = raw.http_response
+        return _reply(response.status_code, response.headers, response.text)
+
+    async def models(self) -> Reply:
+        try:
+            raw = await self._client.models.with_raw_response.list()
+        except self._api_error as exc:
             return reply_from_sdk_error(exc)
         response = raw.http_response
         return _reply(response.status_code, response.headers, response.text)
@@ -139,6 +162,8 @@ class SdkTransport:
 
 def reply_from_sdk_error(exc: openai.APIError) -> Reply:
     """The SDK raises for every non-2xx status; give back the answer it carried."""
+    import openai
+
     if isinstance(exc, openai.APITimeoutError):
         raise TransportTimeout("request timed out") from None
     if isinstance(exc, openai.APIConnectionError):

@@ -27,8 +27,8 @@ from helpers import run_cli
 from run_fixtures import TRUTH, Row, call, cascade_run, cheap_run, top_run, write_run
 
 import batchroute
-from batchroute.compare import compare_runs
 from batchroute.compare_format import render
+from batchroute.comparison import compare_runs
 from batchroute.errors import ConfigError, DatasetError
 from batchroute.runs import read_run, read_runs
 from batchroute.truth import Truth, load_scorer, normalize_answer, truth_from_options

@@ -38,34 +38,57 @@ def _limits(**kwargs: int | None) -> ModelLimits:
 # ---- requests per minute --------------------------------------------------------------------
 
 
-def test_rpm_admits_a_bounded_burst_then_paces_at_the_rate() -> None:
+def test_rpm_paces_from_the_first_call() -> None:
+    # A fresh bucket starts as if its last second had been used: no opening burst, one call
+    # every 0.1 s at 600 rpm, and the first of them at once.
     async def scenario() -> list[float]:
         return await _admission_times(_limits(rpm=600), 100)
 
     times, elapsed = run_virtual(scenario)
+    assert times == pytest.approx([i * 0.1 for i in range(100)], abs=1e-6)
+    assert elapsed == pytest.approx(9.9, abs=1e-6)
 
+
+def test_rpm_bursts_only_what_a_pause_saved_up() -> None:
+    async def scenario() -> list[float]:
+        limits = _limits(rpm=600)
+        first = await _admission_times(limits, 20)
+        await anyio.sleep(5.0)  # idle: the bucket empties
+        return first + await _admission_times(limits, 20)
+
+    times, _ = run_virtual(scenario)
     burst = int(600 / 60 * BURST_SECONDS)  # 10 calls: one second's worth
-    assert times[:burst] == pytest.approx([0.0] * burst, abs=1e-9)
-    # After the burst, one call every 0.1 s: the 100th goes out at 9 s, not sooner.
-    for i, t in enumerate(times[burst:], start=burst):
-        assert t == pytest.approx((i - burst + 1) * 0.1, abs=1e-6)
-    assert elapsed == pytest.approx((100 - burst) / 10, abs=1e-6)
-    # Never ahead of the rate: by time t at most burst + 10 * t calls have gone out.
-    for i, t in enumerate(times):
-        assert i + 1 <= burst + 10 * t + 1e-6
+    resumed = times[20]
+    assert times[20 : 20 + burst] == pytest.approx([resumed] * burst, abs=1e-9)
+    assert times[20 + burst] == pytest.approx(resumed + 0.1, abs=1e-6)
 
 
-def test_rpm_never_sends_much_more_than_the_limit_in_a_fresh_minute() -> None:
-    # A provider counting a sliding minute answers the excess with 429s; the burst allowance
-    # (BURST_SECONDS of the rate) is all a fresh run may send above the limit.
+def _most_in_a_minute(times: list[float], weights: list[int] | None = None) -> int:
+    """The most admitted in any sliding minute [t, t + 60) that starts at an admission."""
+    weights = weights or [1] * len(times)
+    return max(
+        sum(w for u, w in zip(times, weights, strict=True) if t <= u < t + 60.0 - 1e-6)
+        for t in times
+    )
+
+
+def test_rpm_never_sends_more_than_the_limit_in_any_sliding_minute() -> None:
+    # A provider counting a sliding minute answers the excess with 429s.
     async def scenario() -> list[float]:
         return await _admission_times(_limits(rpm=600), 1300)
 
     times, _ = run_virtual(scenario)
-    for start in (0.0, 12.5, 30.0, 60.0):
-        in_window = sum(1 for t in times if start <= t < start + 60.0)
-        assert in_window <= 600 + 600 / 60 * BURST_SECONDS
-    assert sum(1 for t in times if t < 60.0) >= 600  # and it does use the limit
+    assert _most_in_a_minute(times) <= 600
+    assert sum(1 for t in times if t < 60.0) >= 599  # and it does use the limit
+
+
+def test_tpm_never_sends_more_than_the_limit_in_any_sliding_minute() -> None:
+    async def scenario() -> list[float]:
+        return await _admission_times(_limits(tpm=6000), 260, estimate=50, actual=50)
+
+    times, _ = run_virtual(scenario)
+    assert _most_in_a_minute(times, [50] * len(times)) <= 6000
+    assert 50 * sum(1 for t in times if t < 60.0) >= 6000 - 100  # within one bucket of it
 
 
 def test_a_low_rpm_still_admits_one_call_and_paces_it() -> None:
@@ -81,19 +104,16 @@ def test_a_low_rpm_still_admits_one_call_and_paces_it() -> None:
 
 
 def test_tpm_paces_by_tokens_not_by_calls() -> None:
-    # 6000 tpm = 100 tokens/s, a bucket of 100. Calls of 50 tokens: two at once, then one
-    # every 0.5 s. Calls of 10 tokens go ten at a time: the same tokens, five times the calls.
+    # 6000 tpm = 100 tokens/s, a bucket of 100. Calls of 50 tokens go one every 0.5 s; calls
+    # of 10 tokens one every 0.1 s: the same tokens, five times the calls.
     async def scenario(estimate: int) -> list[float]:
         return await _admission_times(_limits(tpm=6000), 20, estimate=estimate, actual=estimate)
 
-    times, elapsed = run_virtual(scenario, 50)
-    assert times[:2] == pytest.approx([0.0, 0.0], abs=1e-9)
-    assert times[2] == pytest.approx(0.5, abs=1e-6)
-    assert elapsed == pytest.approx(9.0, abs=1e-6)  # 20 * 50 tokens, 100 in the first burst
-
-    times, elapsed = run_virtual(scenario, 10)
-    assert times[:10] == pytest.approx([0.0] * 10, abs=1e-9)
-    assert elapsed == pytest.approx(1.0, abs=1e-6)  # 200 tokens: 100 at once, 100 over 1 s
+    for estimate, gap in ((50, 0.5), (10, 0.1)):
+        times, _ = run_virtual(scenario, estimate)
+        assert times[0] <= BURST_SECONDS  # a fresh bucket makes the first call wait little
+        gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+        assert gaps == pytest.approx([gap] * 19, abs=1e-6)
 
 
 async def _second_call_waits(first_actual: int | None, *, first_estimate: int = 100) -> float:
@@ -149,14 +169,15 @@ def test_settle_wakes_a_call_already_waiting_for_tokens() -> None:
 
         async with anyio.create_task_group() as tg:
             async with limits.call(100) as reservation:
+                first = now()
                 tg.start_soon(second)
                 await anyio.sleep(0.2)  # the second call is waiting for a full bucket
                 reservation.settle(10)  # 90 tokens come back
-        return admitted[0]
+        return admitted[0] - first
 
-    admitted_at, _ = run_virtual(scenario)
-    # At 0.2 s the level is 100 - 20 leaked - 90 refunded < 0: the waiter goes at once.
-    assert admitted_at == pytest.approx(0.2, abs=1e-6)
+    admitted_after, _ = run_virtual(scenario)
+    # 0.2 s on, the level is 100 - 20 leaked - 90 refunded < 0: the waiter goes at once.
+    assert admitted_after == pytest.approx(0.2, abs=1e-6)
 
 
 # ---- calls in flight ------------------------------------------------------------------------

@@ -47,12 +47,18 @@ def test_models_exits_0_when_every_model_is_served(tmp_path: Path) -> None:
     assert "openai/gpt-4.1-nano" in done.stdout  # served, not used
 
 
+# `batchroute run` lists the models through the run's own transport: both must agree.
+BOTH_TRANSPORTS = pytest.mark.parametrize("transport", ["aiohttp", "openai"])
+
+
+@BOTH_TRANSPORTS
 def test_run_stops_before_any_call_on_a_model_the_endpoint_lacks(
-    tmp_path: Path, fresh_sim: SimulatorHandle
+    transport: str, tmp_path: Path, fresh_sim: SimulatorHandle
 ) -> None:
     write_tasks(tmp_path, 5)
     route = 'strategy = "cascade"\ntiers = ["t/cheap", "t/stronk"]'
-    job = write_job(tmp_path, job_text(base_url=fresh_sim.base_url, route=route))
+    body = job_text(base_url=fresh_sim.base_url, route=route, transport=transport)
+    job = write_job(tmp_path, body)
     done = run_cli("run", job)
     assert done.returncode == 2
     assert done.stderr.startswith(
@@ -80,13 +86,15 @@ def test_a_missing_route_target_names_the_plans_too(
     assert "(nor is it a [plans] table: ladder)" in done.stderr
 
 
+@BOTH_TRANSPORTS
 def test_an_endpoint_without_a_model_list_is_a_warning(
-    tmp_path: Path, fresh_sim: SimulatorHandle
+    transport: str, tmp_path: Path, fresh_sim: SimulatorHandle
 ) -> None:
     # Under this prefix the simulator answers 404 to everything, /models included.
     write_tasks(tmp_path, 2)
     base_url = fresh_sim.base_url.replace("/v1", "/elsewhere/v1")
-    body = job_text(base_url=base_url, route='strategy = "fixed"\nmodel = "t/cheap"')
+    route = 'strategy = "fixed"\nmodel = "t/cheap"'
+    body = job_text(base_url=base_url, route=route, transport=transport)
     done = run_cli("run", write_job(tmp_path, body))
     assert done.returncode == 0, done.stderr
     assert (
@@ -95,3 +103,20 @@ def test_an_endpoint_without_a_model_list_is_a_warning(
     ) in done.stderr
     results = read_results(tmp_path / "out/results.parquet")
     assert set(results["status"]) == {"failed"}  # and the run went on to make its calls
+
+
+@BOTH_TRANSPORTS
+def test_an_unreachable_endpoint_stops_the_run_with_one_line(
+    transport: str, tmp_path: Path
+) -> None:
+    write_tasks(tmp_path, 2)
+    base_url = "http://127.0.0.1:9/v1"  # the discard port: nothing listens there
+    route = 'strategy = "fixed"\nmodel = "t/cheap"'
+    job = write_job(tmp_path, job_text(base_url=base_url, route=route, transport=transport))
+    done = run_cli("run", job)
+    assert done.returncode == 2
+    assert done.stderr.startswith(
+        f"batchroute: error: {job}: endpoint.base_url: cannot reach {base_url}:"
+    )
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out/results.parquet").exists()

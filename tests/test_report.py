@@ -12,7 +12,7 @@ from browser import chromium, open_page
 from helpers import run_cli
 from run_fixtures import cascade_run, cheap_run, top_run
 
-from batchroute.compare import compare_runs
+from batchroute.comparison import compare_runs
 from batchroute.report import render_report
 from batchroute.runs import read_run
 
