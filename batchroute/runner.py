@@ -184,7 +184,7 @@ class _Run:
             if self.options.cache != "offline":  # a model the endpoint lacks stops the run here
                 await check_served(job, transport=transport, base_url=base_url)
         except BaseException:
-            await transport.aclose()
+            await transport.aclose()  # the run ends before `_closing` below takes it over
             raise
         caller = Caller(
             transport,
