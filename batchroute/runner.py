@@ -173,6 +173,7 @@ class _Run:
             mode=self.options.cache,
             reader=reader,
         )
+        await cache.open()
         transport = open_transport(
             job.endpoint.transport,
             base_url=base_url,
