@@ -92,6 +92,7 @@ bench: install $(VENV)/.bench-installed
 	$(BIN)/python bench/startup.py
 	$(BIN)/python bench/store_cost.py
 	$(BIN)/python bench/profile.py
+	$(BIN)/python bench/before_after.py
 
 clean:
 	rm -rf $(VENV) $(PEERS) out .pytest_cache .mypy_cache .ruff_cache

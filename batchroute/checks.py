@@ -107,6 +107,9 @@ def as_number(value: Any) -> float | None:
     return float(value)
 
 
+_SEEN_CHARS, _SEEN_ANSWERS = 256, 4096  # at most about a megabyte of remembered answers
+
+
 class JsonSchemaCheck:
     """The answer parses as JSON and validates against a JSON schema."""
 
@@ -121,8 +124,23 @@ class JsonSchemaCheck:
         validator_class.check_schema(schema)
         self._validator = validator_class(schema)
         self._best_match = jsonschema.exceptions.best_match
+        self._seen: dict[str, Verdict] = {}
 
     def __call__(self, answer: str) -> Verdict:
+        # A verdict depends on the answer alone, and short answers repeat (a label and a
+        # confidence make a few hundred distinct answers over any number of rows). Validating
+        # is the dearest step of a cascade's row (bench/RESULTS.md, cascade cost), so the
+        # verdicts of short answers are kept, in a bounded table.
+        if len(answer) > _SEEN_CHARS:
+            return self._validate(answer)
+        verdict = self._seen.get(answer)
+        if verdict is None:
+            verdict = self._validate(answer)
+            if len(self._seen) < _SEEN_ANSWERS:
+                self._seen[answer] = verdict
+        return verdict
+
+    def _validate(self, answer: str) -> Verdict:
         try:
             value = json.loads(answer)
         except json.JSONDecodeError as exc:

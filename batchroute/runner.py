@@ -165,6 +165,7 @@ class _Run:
             mode=self.options.cache,
             reader=reader,
         )
+        await cache.open()
         endpoints = job.all_endpoints()
         transports = {
             name: open_transport(

@@ -5,18 +5,21 @@ model, the messages and the request parameters. Only answered calls are kept for
 failed call is not an answer. Each stored call names the run that paid for it, so a later run
 can tell its own calls (resume: not cached) from another run's (cache: `cached = true`).
 
-Reads are point lookups on the primary key, made in groups from a worker thread by one
-reader task; writes go through one writer task that commits in groups from a worker thread,
-so the event loop never waits on the disk.
+Reads: the keys the store holds are read once at the start, and a lookup of any other key
+ends there; the rest are point lookups on the primary key, made in groups from a worker
+thread by one reader task. Writes go through one writer task that commits in groups from a
+worker thread. So the event loop never waits on the disk.
 """
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import math
 import sqlite3
 import time
+from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -138,6 +141,13 @@ class CallStore:
         ).fetchone()
         return StoredCall(*row) if row is not None else None
 
+    def stored_keys(self) -> StoredKeys:
+        """What the store holds now, as `StoredKeys`; one scan of the key index."""
+        # The primary key's index yields the keys in order, and big-endian prefixes of
+        # equal-length keys sort as the keys do: the array comes out sorted for bisect.
+        rows = self._db.execute("SELECT substr(key, 1, 8) FROM calls ORDER BY key")
+        return StoredKeys(array("Q", (int.from_bytes(prefix, "big") for (prefix,) in rows)))
+
     def lookup_many(self, keys: list[bytes]) -> dict[bytes, StoredCall]:
         """`lookup` of each key, in one trip to a worker thread; the keys found."""
         found = {}
@@ -221,6 +231,28 @@ class StoreWriter:
                 await anyio.to_thread.run_sync(self._store.put_many, group)
 
 
+class StoredKeys:
+    """The keys a store held when a run started, as sorted 8-byte prefixes (8 bytes a call).
+
+    Only those calls can be reused by the run: its own are already on the rows that made
+    them, which is also why a store empty at the start is not read at all. A key whose prefix
+    is not here was certainly not stored, so a run over a store full of other runs' calls
+    answers almost every lookup here, on the loop, without a trip to the worker thread; a
+    prefix that is here still goes to the store, which has the last word.
+    """
+
+    def __init__(self, prefixes: array[int]) -> None:
+        self._prefixes = prefixes
+
+    def __len__(self) -> int:
+        return len(self._prefixes)
+
+    def may_hold(self, key: bytes) -> bool:
+        prefix = int.from_bytes(key[:8], "big")
+        at = bisect.bisect_left(self._prefixes, prefix)
+        return at < len(self._prefixes) and self._prefixes[at] == prefix
+
+
 @dataclass(slots=True)
 class _Lookup:
     key: bytes
@@ -297,6 +329,12 @@ class CallCache:
         # row that made them already has: skip the lookups, and their thread hops.
         self.reads = store is not None and mode != "off" and (not store.empty or mode == "offline")
         self.writes = writer is not None and mode != "offline"
+        self._known: StoredKeys | None = None  # what the store held at the start, once read
+
+    async def open(self) -> None:
+        """Read which keys the store holds, when this run looks calls up (a worker thread)."""
+        if self.reads and self._store is not None:
+            self._known = await anyio.to_thread.run_sync(self._store.stored_keys)
 
     @property
     def offline(self) -> bool:
@@ -307,6 +345,8 @@ class CallCache:
 
     async def find(self, key: bytes) -> StoredCall | None:
         if not self.reads or self._store is None:
+            return None
+        if self._known is not None and not self._known.may_hold(key):
             return None
         if self._reader is not None:
             return await self._reader.find(key)

@@ -55,6 +55,26 @@ def test_json_schema_reason_points_at_the_failing_field() -> None:
     assert verdict.reason.startswith("schema: ") and verdict.reason.endswith("at /confidence")
 
 
+def test_json_schema_gives_a_repeated_answer_the_same_verdict_without_validating_again() -> None:
+    check = JsonSchemaCheck(SCHEMA)
+    validations = 0
+    validate = check._validate
+
+    def counted(answer: str) -> Any:
+        nonlocal validations
+        validations += 1
+        return validate(answer)
+
+    check._validate = counted  # type: ignore[method-assign]
+    good, weak = '{"answer": "refund", "confidence": 0.9}', '{"answer": "x", "confidence": 0.2}'
+    long_answer = '{"answer": "' + "y" * 300 + '", "confidence": 0.9}'
+    for _ in range(3):
+        assert check(good).passed
+        assert check(weak) == JsonSchemaCheck(SCHEMA)(weak)  # reason included
+        assert check(long_answer).passed
+    assert validations == 2 + 3  # short answers once each; a long one is not kept
+
+
 def test_json_schema_not_json_reason_says_where() -> None:
     verdict = JsonSchemaCheck(SCHEMA)('{"answer": }')
     assert verdict.reason is not None and "at char 11" in verdict.reason

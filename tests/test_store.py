@@ -7,7 +7,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from batchroute.store import CallStore, StoredCall, StoreReader, request_key
+from batchroute.store import CallCache, CallStore, StoredCall, StoreReader, request_key
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -71,4 +71,41 @@ def test_reader_answers_each_of_many_concurrent_lookups(tmp_path: Path) -> None:
     assert answers == {i: (f"a{i}" if i % 3 == 0 else None) for i in range(200)}
     assert sum(trips) == 200
     assert len(trips) < 200  # grouped: lookups that queued together took one trip
+    store.close()
+
+
+def test_stored_keys_tell_which_keys_may_be_in_the_store(tmp_path: Path) -> None:
+    store = CallStore(tmp_path / "store.sqlite")
+    store.put_many([_call(_key(i), f"a{i}") for i in range(0, 1000, 2)])
+    known = store.stored_keys()
+    assert len(known) == 500
+    assert all(known.may_hold(_key(i)) for i in range(0, 1000, 2))  # never a false "no"
+    assert sum(known.may_hold(_key(i)) for i in range(1, 1000, 2)) == 0  # 8-byte prefixes
+    store.close()
+
+
+def test_a_run_looks_up_only_what_the_store_held_when_it_started(tmp_path: Path) -> None:
+    path = tmp_path / "store.sqlite"
+    earlier_run = CallStore(path)
+    earlier_run.put_many([_call(_key(1), "earlier")])
+    earlier_run.close()
+    store = CallStore(path)  # reopened: not empty at the start, so the run reads it
+    looked_up: list[bytes] = []
+    lookup = store.lookup
+
+    def counted(key: bytes) -> StoredCall | None:
+        looked_up.append(key)
+        return lookup(key)
+
+    store.lookup = counted  # type: ignore[method-assign]
+
+    async def scenario() -> tuple[StoredCall | None, StoredCall | None]:
+        cache = CallCache(store, None, run_id="now", endpoint_of=lambda model: "e")
+        await cache.open()
+        store.put_many([_call(_key(2), "this run's own")])  # stored after the start
+        return await cache.find(_key(1)), await cache.find(_key(2))
+
+    earlier, own = anyio.run(scenario)
+    assert earlier is not None and earlier.answer == "earlier"
+    assert own is None and looked_up == [_key(1)]  # the other key never left the loop
     store.close()
