@@ -20,15 +20,17 @@ import math
 import sqlite3
 import time
 from array import array
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from batchroute.errors import ConfigError
+
+_Item = TypeVar("_Item")
 
 SCHEMA_VERSION = 2  # 2: mean_logprob, for logprob confidence checks on stored answers
 _ROWS_PER_INSERT = 500  # 12 parameters a row, well under SQLite's limit per statement
@@ -220,15 +222,8 @@ class StoreWriter:
         self._send.close()
 
     async def run(self) -> None:
-        async with self._receive:
-            async for first in self._receive:
-                group = [first]
-                while True:
-                    try:
-                        group.append(self._receive.receive_nowait())
-                    except (anyio.WouldBlock, anyio.EndOfStream):
-                        break
-                await anyio.to_thread.run_sync(self._store.put_many, group)
+        async for group in _groups(self._receive):
+            await anyio.to_thread.run_sync(self._store.put_many, group)
 
 
 class StoredKeys:
@@ -287,19 +282,12 @@ class StoreReader:
         self._send.close()
 
     async def run(self) -> None:
-        async with self._receive:
-            async for first in self._receive:
-                group = [first]
-                while True:
-                    try:
-                        group.append(self._receive.receive_nowait())
-                    except (anyio.WouldBlock, anyio.EndOfStream):
-                        break
-                keys = [lookup.key for lookup in group]
-                found = await anyio.to_thread.run_sync(self._store.lookup_many, keys)
-                for lookup in group:
-                    lookup.found = found.get(lookup.key)
-                    lookup.done.set()
+        async for group in _groups(self._receive):
+            keys = [lookup.key for lookup in group]
+            found = await anyio.to_thread.run_sync(self._store.lookup_many, keys)
+            for lookup in group:
+                lookup.found = found.get(lookup.key)
+                lookup.done.set()
 
 
 class CallCache:
@@ -355,3 +343,17 @@ class CallCache:
     async def remember(self, call: StoredCall) -> None:
         if self._writer is not None and self.writes:
             await self._writer.put(call)
+
+
+async def _groups(receive: MemoryObjectReceiveStream[_Item]) -> AsyncIterator[list[_Item]]:
+    """Whatever queued while the last group was handled, as one group: under load a trip to
+    the worker thread serves many calls, when idle one call goes at once."""
+    async with receive:
+        async for first in receive:
+            group = [first]
+            while True:
+                try:
+                    group.append(receive.receive_nowait())
+                except (anyio.WouldBlock, anyio.EndOfStream):
+                    break
+            yield group
