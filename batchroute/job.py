@@ -311,13 +311,27 @@ class Job(_Section):
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)
 
     def key(self) -> str:
-        """Identifies the job across runs: the same settings, the same key (resume), from
-        whatever directory it is run."""
+        """Identifies the job across runs, from whatever directory it is run: the same key, the
+        same run to resume, the same outputs to replace without --force.
+
+        Only what decides the results is keyed (`_NOT_KEYED` lists the rest): how fast, how
+        hard or how long a run may go must not turn a resume into a new run, or a lower
+        concurrency after a wall of 429s would re-pay every answer as "cached"."""
         settings = self.settings()
         for section, name in _PATH_SETTINGS:
             value = settings.get(section, {}).get(name)
             if value is not None:
                 settings[section][name] = str(Path(value).resolve())
+        for section in _NOT_KEYED_SECTIONS:
+            settings.pop(section, None)
+        for endpoint in (settings.get("endpoint", {}), *settings.get("endpoints", {}).values()):
+            for name in _NOT_KEYED_ENDPOINT:
+                endpoint.pop(name, None)
+        for model in settings.get("models", {}).values():
+            for name in _NOT_KEYED_MODEL:
+                model.pop(name, None)
+        settings.get("input", {}).pop("batch_rows", None)  # how the input is read, not what
+        settings.get("simulator", {}).pop("balance_usd", None)  # a fresh simulator each run
         canonical = json.dumps(settings, sort_keys=True, separators=(",", ":"))
         return hashlib.blake2b(canonical.encode(), digest_size=12).hexdigest()
 
@@ -343,8 +357,20 @@ _PATH_SETTINGS = (
     ("output", "calls"),
     ("simulator", "models"),
     ("simulator", "replay"),
-    ("store", "path"),
 )
+
+# Left out of `Job.key`. Keyed are the input, the prompt, the route, plans, checks, params,
+# models' prices and fallbacks, the endpoint's URL and charge headers (all change answers or
+# the figures written) and the output paths (a job writing elsewhere is another job, with its
+# own run to resume). Not keyed:
+# - [run]: concurrency, retries, backoff, budget and grace decide how a run goes, not what a
+#   finished row holds; raising the budget or lowering the concurrency must resume the run.
+# - [store]: the store is where run ids live; another store cannot hold this run anyway.
+_NOT_KEYED_SECTIONS = ("run", "store")
+# The client's timeout, its HTTP library and the variable holding the key: the same answers.
+_NOT_KEYED_ENDPOINT = ("timeout_s", "transport", "api_key_env")
+# Rate limits shape the pace of calls, not their answers.
+_NOT_KEYED_MODEL = ("rpm", "tpm", "max_concurrency")
 
 
 def route_targets(job: Job) -> list[str]:
