@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from batchroute import __version__
 from batchroute.errors import BatchrouteError
+from batchroute.version import __version__
 
 if TYPE_CHECKING:
     from batchroute.comparison import Comparison
@@ -252,7 +252,7 @@ def _show_warnings() -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from batchroute.job import load_job
-    from batchroute.preflight import RunOptions
+    from batchroute.options import RunOptions
     from batchroute.runner import run
     from batchroute.shadow import shadow_lines
 

@@ -19,11 +19,12 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, Self
 
 import aiohttp
+import anyio
 
-from batchroute import __version__
+from batchroute.version import __version__
 
 if TYPE_CHECKING:
     import openai
@@ -72,11 +73,31 @@ class Transport(Protocol):
 
     async def aclose(self) -> None: ...
 
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(self, *exc_info: object) -> None: ...
+
+
+class _Closing:
+    """`async with transport:` closes its connections on the way out, even when cancelled."""
+
+    async def aclose(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        # Shielded: a cancelled run must still close its sockets, or aiohttp warns of an
+        # "Unclosed connector" after the user's one-line error.
+        with anyio.CancelScope(shield=True):
+            await self.aclose()
+
 
 def open_transport(
     name: TransportName, *, base_url: str, api_key: str, timeout_s: float, connections: int
 ) -> Transport:
-    """Create the transport inside the running event loop."""
+    """Create the transport inside the running event loop; use it as `async with`."""
     if name == "openai":
         return SdkTransport(base_url=base_url, api_key=api_key, timeout_s=timeout_s)
     return AiohttpTransport(
@@ -84,7 +105,7 @@ def open_transport(
     )
 
 
-class AiohttpTransport:
+class AiohttpTransport(_Closing):
     """Plain HTTP/1.1 with keep-alive connections, one pool for the run."""
 
     def __init__(self, *, base_url: str, api_key: str, timeout_s: float, connections: int) -> None:
@@ -129,7 +150,7 @@ class AiohttpTransport:
         await self._session.close()
 
 
-class SdkTransport:
+class SdkTransport(_Closing):
     """The openai SDK's client, used as a transport: its answers and errors become Replies."""
 
     def __init__(self, *, base_url: str, api_key: str, timeout_s: float) -> None:
