@@ -8,6 +8,7 @@ import os
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -75,10 +76,31 @@ class OutputConfig(_Section):
 class EndpointConfig(_Section):
     base_url: str = EMBEDDED
     api_key_env: str | None = None
-    timeout_s: Annotated[float, Field(gt=0)] = 60.0
+    timeout_s: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 60.0
     charge_header: str = "X-MDB-Charged-USD"
     balance_header: str = "X-MDB-Balance-USD"
     transport: Literal["aiohttp", "openai"] = "aiohttp"
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        """An http(s) URL with a host and a valid port, or "embedded"; checked here, because
+        the HTTP clients reject such a URL only at the first request, as an internal error."""
+        if value == EMBEDDED:
+            return value
+        # Never echo the URL: it may hold a password.
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError('not an http(s) URL such as "https://host/v1", nor "embedded"')
+        if parts.username is not None or parts.password is not None:
+            raise ValueError("holds a user or password; put the key in api_key_env instead")
+        try:
+            port = parts.port
+        except ValueError:
+            port = 0
+        if port == 0:
+            raise ValueError("the port must be a number from 1 to 65535")
+        return value
 
     @property
     def embedded(self) -> bool:

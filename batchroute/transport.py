@@ -137,7 +137,7 @@ class AiohttpTransport(_Closing):
                 status = response.status
         except TimeoutError:  # aiohttp's timeouts subclass it
             raise TransportTimeout("request timed out") from None
-        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
+        except aiohttp.ClientError as exc:  # refused, reset, cut short, or not HTTP at all
             raise TransportConnection(_describe(exc)) from None
         text = raw.decode("utf-8", "replace")
         try:

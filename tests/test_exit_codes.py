@@ -56,3 +56,54 @@ def test_an_output_that_cannot_be_opened_closes_the_connections_and_says_why(
     line = _one_error_line(done.stderr)
     assert str(results) in line and "cannot write the output" in line
     assert results.read_bytes() == before
+
+
+MISTAKES = {
+    "timeout inf": ("timeout_s = 5", "timeout_s = inf", "endpoint.timeout_s"),
+    "timeout nan": ("timeout_s = 5", "timeout_s = nan", "endpoint.timeout_s"),
+    "timeout 0": ("timeout_s = 5", "timeout_s = 0", "endpoint.timeout_s"),
+    "timeout negative": ("timeout_s = 5", "timeout_s = -1", "endpoint.timeout_s"),
+    "not http": ("SIM_URL", "ftp://127.0.0.1/v1", "endpoint.base_url"),
+    "no scheme": ("SIM_URL", "127.0.0.1:8000/v1", "endpoint.base_url"),
+    "port too large": ("SIM_URL", "http://127.0.0.1:99999/v1", "endpoint.base_url"),
+    "port not a number": ("SIM_URL", "http://127.0.0.1:http/v1", "endpoint.base_url"),
+    "password in url": ("SIM_URL", "http://me:hunter2@127.0.0.1:8000/v1", "endpoint.base_url"),
+    "csv output": ("out/results.parquet", "out/results.csv", "output.path"),
+    "output is the input": ("out/results.parquet", "tasks.parquet", "output.path"),
+    "calls are the input": (
+        'path = "out/results.parquet"',
+        'path = "out/results.parquet"\ncalls = "tasks.parquet"',
+        "output.calls",
+    ),
+    "output is the store": (
+        "[run]",
+        '[store]\npath = "out/results.parquet"\n\n[run]',
+        "output.path",
+    ),
+    "output under /proc": ("out/results.parquet", "/proc/no-such/results.parquet", "output.path"),
+    "store under a file": (
+        "[run]",
+        '[store]\npath = "tasks.parquet/store.sqlite"\n\n[run]',
+        "store.path",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", MISTAKES.values(), ids=MISTAKES.keys())
+def test_a_mistake_in_the_job_is_one_line_naming_the_key(
+    tmp_path: Path, fresh_sim: SimulatorHandle, case: tuple[str, str, str]
+) -> None:
+    old, new, key = case
+    write_tasks(tmp_path, 5)
+    before = (tmp_path / "tasks.parquet").read_bytes()
+    body = job_text(base_url="SIM_URL", route=FIXED)
+    assert old in body
+    body = body.replace(old, new).replace("SIM_URL", fresh_sim.base_url)
+    job = write_job(tmp_path, body)
+    done = run_cli("run", job, "--force")
+    assert done.returncode == 2
+    line = _one_error_line(done.stderr)
+    assert str(job) in line and key in line
+    assert "hunter2" not in line
+    assert (tmp_path / "tasks.parquet").read_bytes() == before  # the input is never replaced
+    assert fresh_sim.ledger()["total_charged_usd"] == 0
