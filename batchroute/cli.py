@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from batchroute.errors import BatchrouteError
+from batchroute.errors import EXIT_NO_ROW_OK, BatchrouteError
 from batchroute.version import __version__
 
 if TYPE_CHECKING:
@@ -279,6 +279,15 @@ def _run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return report.stop_error.exit_code
+    if report.no_row_ok:
+        message, rows = report.top_error or ("unknown error", 0)
+        hints = "".join(f"; {hint}" for hint in report.hints)
+        print(
+            f"batchroute: error: {args.job}: no row ended ok; most common error ({rows} rows):"
+            f" {message}{hints}",
+            file=sys.stderr,
+        )
+        return EXIT_NO_ROW_OK
     return 0
 
 

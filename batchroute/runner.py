@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -29,6 +30,7 @@ from batchroute.options import RunOptions
 from batchroute.preflight import Prepared, prepare
 from batchroute.progress import ProgressBar, RunStats, top_tier_cost, top_tier_of
 from batchroute.records import (
+    FAILED,
     SKIPPED,
     CallRecord,
     RowResult,
@@ -55,6 +57,14 @@ class RunReport:
     summary_line: str
     resumed: bool = False
     stop_error: RunStopped | None = None
+    # The error that ended the most failed rows, and how many it ended; None if none failed.
+    top_error: tuple[str, int] | None = None
+    hints: tuple[str, ...] = ()  # what the checks before the first row suspect is wrong
+
+    @property
+    def no_row_ok(self) -> bool:
+        """Rows failed and not one ended ok (likely a wrong URL, model or key): exit 5."""
+        return self.summary.get("failed", 0) > 0 and self.summary.get("ok", 0) == 0
 
 
 async def arun(job: Job, options: RunOptions | None = None) -> RunReport:
@@ -123,6 +133,8 @@ class _Run:
         self.pending_calls: list[CallRecord] = []
         self.row_scopes: set[anyio.CancelScope] = set()
         self.hard_stop = False
+        self.errors: Counter[str] = Counter()  # failed rows by their error
+        self.hints: list[str] = []
 
     def _sinks(self) -> tuple[ParquetSink, ParquetSink]:
         job, prep = self.job, self.prep
@@ -166,14 +178,20 @@ class _Run:
             await self._run(transports, bar, results_sink, calls_sink)
             summary = await self._finish(results_sink, calls_sink)
         prep = self.prep
+        top_error = self.errors.most_common(1)[0] if self.errors else None
+        summary_line = self.stats.summary_line()
+        if top_error is not None:
+            summary_line += f"; most common error ({top_error[1]} rows): {top_error[0]}"
         return RunReport(
             run_id=prep.run_id,
             results_path=self.job.output.path,
             calls_path=self.job.output.calls_path,
             summary=summary,
-            summary_line=self.stats.summary_line(),
+            summary_line=summary_line,
             resumed=prep.resumed,
             stop_error=self.control.stop_error,
+            top_error=top_error,
+            hints=tuple(self.hints),
         )
 
     async def _open_transports(
@@ -194,9 +212,11 @@ class _Run:
             )
         if self.options.cache != "offline":  # a model an endpoint lacks stops the run here
             for name, base_url in base_urls.items():
-                await check_served(
+                hint = await check_served(
                     job, endpoint=name, transport=transports[name], base_url=base_url
                 )
+                if hint is not None:
+                    self.hints.append(hint)
         return transports
 
     async def _open_sinks(
@@ -329,6 +349,8 @@ class _Run:
                     slot.results[index] = result
                     self.pending_calls.extend(result.calls)
                     stats.add(result, top_tier_cost=top_tier_cost(result, plan, job, top))
+                    if result.status == FAILED:
+                        self.errors[result.error or "unknown error"] += 1
                     bar.update()
                     slot.remaining -= 1
                     if slot.remaining == 0:

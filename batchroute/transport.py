@@ -20,6 +20,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol, Self
+from urllib.parse import urlencode
 
 import aiohttp
 import anyio
@@ -67,8 +68,9 @@ class Transport(Protocol):
         """POST /chat/completions; raises TransportError when no HTTP answer comes."""
         ...
 
-    async def models(self) -> Reply:
-        """GET /models, the endpoint's model list; raises TransportError like `chat`."""
+    async def models(self, *, after: str | None = None) -> Reply:
+        """GET /models, the endpoint's model list (the page `after` an id, for servers that
+        page it); raises TransportError like `chat`."""
         ...
 
     async def aclose(self) -> None: ...
@@ -126,8 +128,9 @@ class AiohttpTransport(_Closing):
         data = json.dumps(payload, ensure_ascii=False).encode()
         return await self._request("POST", "/chat/completions", data)
 
-    async def models(self) -> Reply:
-        return await self._request("GET", "/models", None)
+    async def models(self, *, after: str | None = None) -> Reply:
+        query = "" if after is None else "?" + urlencode({"after": after})
+        return await self._request("GET", "/models" + query, None)
 
     async def _request(self, method: str, path: str, data: bytes | None) -> Reply:
         try:
@@ -169,9 +172,10 @@ class SdkTransport(_Closing):
         response = raw.http_response
         return _reply(response.status_code, response.headers, response.text)
 
-    async def models(self) -> Reply:
+    async def models(self, *, after: str | None = None) -> Reply:
+        query = None if after is None else {"after": after}
         try:
-            raw = await self._client.models.with_raw_response.list()
+            raw = await self._client.models.with_raw_response.list(extra_query=query)
         except self._api_error as exc:
             return reply_from_sdk_error(exc)
         response = raw.http_response

@@ -2,17 +2,29 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import socketserver
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 from helpers import job_text, run_cli, write_job, write_tasks
 
-from batchroute import read_metadata
+from batchroute import read_metadata, read_results
 from batchroute.sim import SimulatorHandle
 
 pytestmark = pytest.mark.timeout(300)
 
 FIXED = 'strategy = "fixed"\nmodel = "t/cheap"'
+RULES = """strategy = "rules"
+default = "t/cheap"
+[[route.rules]]
+when = "task_type = 'classify'"
+target = "t/broken"
+"""
 
 
 def _one_error_line(stderr: str) -> str:
@@ -107,3 +119,145 @@ def test_a_mistake_in_the_job_is_one_line_naming_the_key(
     assert "hunter2" not in line
     assert (tmp_path / "tasks.parquet").read_bytes() == before  # the input is never replaced
     assert fresh_sim.ledger()["total_charged_usd"] == 0
+
+
+# --- servers that are not what the job says ------------------------------------------------
+
+
+class _NotHttp(socketserver.BaseRequestHandler):
+    """Reads the request, then closes at once or answers bytes that are not HTTP."""
+
+    garbage = b""
+
+    def handle(self) -> None:
+        self.request.recv(65536)
+        if self.garbage:
+            self.request.sendall(self.garbage)
+
+
+@pytest.fixture(params=[b"", b"\x00\xffSSH-2.0-OpenSSH_9.6\r\n\r\n"], ids=["closes", "garbage"])
+def not_http(request: pytest.FixtureRequest) -> Iterator[str]:
+    handler = type("Handler", (_NotHttp,), {"garbage": request.param})
+    with socketserver.ThreadingTCPServer(("127.0.0.1", 0), handler) as server:
+        server.daemon_threads = True
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+        server.shutdown()
+
+
+@pytest.mark.parametrize("transport", ["aiohttp", "openai"])
+def test_a_port_that_does_not_speak_http_is_one_line(
+    tmp_path: Path, not_http: str, transport: str
+) -> None:
+    write_tasks(tmp_path, 5)
+    job = write_job(tmp_path, job_text(base_url=not_http, route=FIXED, transport=transport))
+    done = run_cli("run", job)
+    assert done.returncode == 2
+    line = _one_error_line(done.stderr)
+    assert str(job) in line and "endpoint.base_url: cannot reach" in line
+
+
+def test_a_run_in_which_every_row_failed_exits_5_and_suggests_v1(
+    tmp_path: Path, fresh_sim: SimulatorHandle
+) -> None:
+    write_tasks(tmp_path, 6)
+    root = fresh_sim.base_url.removesuffix("/v1")  # the simulator serves only under /v1
+    job = write_job(tmp_path, job_text(base_url=root, route=FIXED))
+    done = run_cli("run", job)
+    assert done.returncode == 5, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "most common error (6 rows): http_404" in done.stdout  # the summary line
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"batchroute: error: {job}: no row ended ok")
+    assert "http_404" in last and f'did you mean endpoint.base_url = "{root}/v1"?' in last
+    results = read_results(tmp_path / "out/results.parquet")  # the outputs are written
+    assert set(results["status"]) == {"failed"}
+
+
+def test_a_run_with_some_rows_ok_exits_0(tmp_path: Path, fresh_sim: SimulatorHandle) -> None:
+    write_tasks(tmp_path, 20)
+    body = job_text(base_url=fresh_sim.base_url, route=RULES, run_extra="max_attempts = 1")
+    done = run_cli("run", write_job(tmp_path, body))
+    assert done.returncode == 0, done.stderr
+    assert "most common error" in done.stdout
+    statuses = set(read_results(tmp_path / "out/results.parquet")["status"])
+    assert statuses == {"ok", "failed"}
+
+
+# --- a provider that pages its model list ----------------------------------------------------
+
+PAGES = [["p/one", "p/two"], ["p/three", "p/four"], ["p/five"]]
+
+
+async def _paged_models(request: web.Request) -> web.Response:
+    """OpenAI's list shape, two ids a page, the next page `after` the last id."""
+    ids = [model for page in PAGES for model in page]
+    after = request.query.get("after")
+    start = ids.index(after) + 1 if after in ids else 0
+    page = ids[start : start + 2]
+    data = [{"id": model, "object": "model"} for model in page]
+    return web.json_response({"object": "list", "data": data, "has_more": start + 2 < len(ids)})
+
+
+async def _completion(request: web.Request) -> web.Response:
+    body = await request.json()
+    return web.json_response(
+        {
+            "id": "c1",
+            "object": "chat.completion",
+            "model": body["model"],
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": "ok"},
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
+        }
+    )
+
+
+@pytest.fixture
+def paged_server() -> Iterator[str]:
+    app = web.Application()
+    app.router.add_get("/v1/models", _paged_models)
+    app.router.add_post("/v1/chat/completions", _completion)
+    with _serving(app) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def _serving(app: web.Application) -> Iterator[str]:
+    """`app` on 127.0.0.1 in a thread of its own, for a CLI subprocess to call."""
+    loop = asyncio.new_event_loop()
+    runner = web.AppRunner(app)
+    loop.run_until_complete(runner.setup())
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    loop.run_until_complete(site.start())
+    port = runner.addresses[0][1]
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(timeout=10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+        loop.close()
+
+
+@pytest.mark.parametrize("transport", ["aiohttp", "openai"])
+def test_the_run_and_models_read_every_page_of_the_model_list(
+    tmp_path: Path, paged_server: str, transport: str
+) -> None:
+    write_tasks(tmp_path, 3)
+    route = 'strategy = "fixed"\nmodel = "p/five"'  # on the last page only
+    job = write_job(tmp_path, job_text(base_url=paged_server, route=route, transport=transport))
+    done = run_cli("run", job)
+    assert done.returncode == 0, done.stderr
+    assert set(read_results(tmp_path / "out/results.parquet")["status"]) == {"ok"}
+    listed = run_cli("models", job)
+    assert listed.returncode == 0, listed.stderr
+    assert "served, not used by the job: 4" in listed.stdout
