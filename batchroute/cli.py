@@ -76,7 +76,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     estimate.add_argument(
         "--sample",
-        type=int,
+        type=_positive_int,
         metavar="N",
         help="run the first N rows for real and extrapolate with 95%% intervals",
     )
@@ -95,6 +95,17 @@ def _parser() -> argparse.ArgumentParser:
     models.add_argument("job", type=Path, help="the job file (TOML)")
     _compare_parsers(commands)
     return parser
+
+
+def _positive_int(text: str) -> int:
+    """A count of at least 1, checked while parsing: a bad one prints nothing else first."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: a number of rows, at least 1")
+    return value
 
 
 # --- compare and report ------------------------------------------------------------------------
@@ -301,8 +312,6 @@ def _estimate(args: argparse.Namespace) -> int:
         raise ConfigError(f"--escalation {args.escalation}: a share between 0 and 1")
     rows, tiers = estimate(job, escalation_rate=args.escalation)
     print(format_estimate(job, rows, tiers, rate=args.escalation))
-    if args.sample:
-        if args.sample < 1:
-            raise ConfigError(f"--sample {args.sample}: a number of rows, at least 1")
+    if args.sample is not None:
         print(format_sample(sample(job, rows=args.sample)))
     return 0

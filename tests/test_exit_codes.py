@@ -261,3 +261,32 @@ def test_the_run_and_models_read_every_page_of_the_model_list(
     listed = run_cli("models", job)
     assert listed.returncode == 0, listed.stderr
     assert "served, not used by the job: 4" in listed.stdout
+
+
+# --- papercuts ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("rows", ["0", "-3", "many"])
+def test_estimate_refuses_a_sample_of_no_rows_before_printing_anything(
+    tmp_path: Path, rows: str
+) -> None:
+    write_tasks(tmp_path, 5)
+    job = write_job(tmp_path, job_text(base_url="embedded", route=FIXED))
+    done = run_cli("estimate", job, "--sample", rows)
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert "--sample" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_report_creates_its_folder_as_run_does(tmp_path: Path, fresh_sim: SimulatorHandle) -> None:
+    write_tasks(tmp_path, 5)
+    assert (
+        run_cli(
+            "run", write_job(tmp_path, job_text(base_url=fresh_sim.base_url, route=FIXED))
+        ).returncode
+        == 0
+    )
+    page = tmp_path / "reports/new/page.html"
+    done = run_cli("report", tmp_path / "out/results.parquet", "-o", page)
+    assert done.returncode == 0, done.stderr
+    assert "<table" in page.read_text(encoding="utf-8")
