@@ -15,6 +15,11 @@ if TYPE_CHECKING:
     from batchroute.comparison import Comparison
 
 EXIT_INTERRUPTED = 130
+EXIT_CODES = (
+    "exit codes: 0 done, at least one row ok; 1 internal error; 2 usage (job file, data,"
+    " paths, endpoint, or another run of the job in progress); 3 stopped early (budget,"
+    " balance, 402); 4 credentials rejected; 5 done, but no row ok; 130 interrupted"
+)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -26,7 +31,11 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = commands.add_parser(
-        "run", help="run a job file", description="Run a job: route every row, write Parquet."
+        "run",
+        help="run a job file",
+        description="Run a job: route every row, write Parquet. One run of a job at a time:"
+        " a second one exits 2 naming the pid of the first.",
+        epilog=EXIT_CODES,
     )
     run.add_argument("job", type=Path, help="the job file (TOML)")
     run.add_argument(
