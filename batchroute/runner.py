@@ -20,7 +20,7 @@ from batchroute.caller import Caller
 from batchroute.control import RunControl
 from batchroute.dataset import Batch
 from batchroute.endpoints import endpoint_urls
-from batchroute.errors import BatchrouteError, Interrupted, RunStopped
+from batchroute.errors import BatchrouteError, Interrupted, OutputError, RunStopped
 from batchroute.executor import Executor
 from batchroute.interrupts import watch_signals
 from batchroute.job import Job
@@ -224,9 +224,12 @@ class _Run:
     ) -> tuple[ParquetSink, ParquetSink]:
         """The two outputs, written under temporary names that are dropped unless finished."""
         sinks = self._sinks()
-        for sink in sinks:
+        for key, sink in zip(("output.path", "output.calls"), sinks, strict=True):
             stack.callback(sink.abort)  # after `finish`, a no-op
-            await anyio.to_thread.run_sync(sink.open)
+            try:
+                await anyio.to_thread.run_sync(sink.open)
+            except OutputError as exc:
+                raise OutputError(f"{self.job.source}: {key}: {exc}") from None
         return sinks
 
     async def _run(
