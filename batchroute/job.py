@@ -336,9 +336,10 @@ class Job(_Section):
         """Identifies the job across runs, from whatever directory it is run: the same key, the
         same run to resume, the same outputs to replace without --force.
 
-        Only what decides the results is keyed (`_NOT_KEYED` lists the rest): how fast, how
-        hard or how long a run may go must not turn a resume into a new run, or a lower
-        concurrency after a wall of 429s would re-pay every answer as "cached"."""
+        Only what decides the results is keyed (the `_NOT_KEYED_*` lists name the rest): how
+        fast, how hard or how long a run may go must not turn a resume into a new run, or a
+        lower concurrency after a wall of 429s would start a new run that reports the killed
+        run's own answers as "cached" and refuses its results for --retry-failed."""
         settings = self.settings()
         for section, name in _PATH_SETTINGS:
             value = settings.get(section, {}).get(name)
