@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import sqlite3
 import subprocess
@@ -132,3 +134,33 @@ def test_two_different_jobs_on_one_store_run_at_once(
     for name in ("one", "two"):
         results = read_results(tmp_path / f"out/{name}.parquet")
         assert results.height == ROWS and set(results["status"]) == {"ok"}
+
+
+def _children(pid: int) -> list[int]:
+    """The processes `pid` started, from any of its threads (the simulator starts from a
+    worker thread)."""
+    tasks = Path(f"/proc/{pid}/task").glob("*/children")
+    return [int(child) for path in tasks for child in path.read_text().split()]
+
+
+def test_a_simulator_outliving_its_killed_run_does_not_hold_the_lock(tmp_path: Path) -> None:
+    """The embedded simulator is a subprocess: it must not inherit the lock, or a kill -9 of
+    the run would leave the job locked for as long as the orphan lives."""
+    write_tasks(tmp_path, 200)
+    body = job_text(base_url="embedded", route='strategy = "fixed"\nmodel = "openai/gpt-4o-mini"')
+    job = write_job(tmp_path, body.replace("concurrency = 16", "concurrency = 2"))
+    first = _start_run(job)
+    _wait_for_calls(tmp_path / ".batchroute/store.sqlite", 4, first)
+    simulators = _children(first.pid)
+    first.send_signal(signal.SIGKILL)
+    first.communicate()
+    try:
+        done = run_cli("run", job)
+        assert done.returncode == 0, done.stderr
+        assert "resumed run" in done.stdout
+    finally:
+        for pid in simulators:  # an orphan, until the simulator watches its parent
+            with contextlib.suppress(OSError):  # gone already
+                # The pid may have been reused once the simulator ended by itself.
+                if b"batchroute.sim" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    os.kill(pid, signal.SIGKILL)
