@@ -10,19 +10,20 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import anyio
 
 from batchroute.budget import Budget
+from batchroute.completion import BadResponse, Completion, parse_completion
 from batchroute.control import RunControl
 from batchroute.errors import AuthRejected, BudgetReached, CallFailure, FailureKind, RunStopped
 from batchroute.job import Job
 from batchroute.limits import Limits, TokenReservation
 from batchroute.prompts import Message, estimate_prompt_tokens
-from batchroute.records import HEADER, PRICE_TABLE, UNKNOWN, CallRecord
+from batchroute.records import ANSWER, HEADER, PRICE_TABLE, UNKNOWN, CallRecord
 from batchroute.retry import RetryPolicy, parse_retry_after
 from batchroute.store import CallCache, StoredCall
 from batchroute.transport import (
@@ -97,6 +98,37 @@ def classify_exception(exc: openai.APIError) -> CallFailure:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class CallRequest:
+    """One call to make: for which row and tier, to which model, with what, and why."""
+
+    row_id: object
+    tier: int
+    model: str
+    messages: list[Message]
+    params: dict[str, Any]
+    purpose: str = ANSWER
+    shadow: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Charge:
+    """What one call cost and where that figure came from; the balance it reported."""
+
+    usd: float | None
+    source: str
+    balance_usd: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Attempt:
+    """One attempt's end: its record (None when it was never sent) and answer or failure."""
+
+    record: CallRecord | None
+    answer: str | None = None
+    failure: CallFailure | None = None
+
+
 class Caller:
     """Makes the calls of one run. Create inside the running event loop."""
 
@@ -133,20 +165,26 @@ class Caller:
         model: str,
         messages: list[Message],
         params: dict[str, Any],
+        purpose: str = ANSWER,
+        shadow: bool = False,
     ) -> TierOutcome:
         """Try `model`, retrying what is retryable, then each of its fallbacks in order.
 
         A stored answer for the model or one of its fallbacks is used before any HTTP call:
-        on resume that is the answer this run already paid for.
+        on resume that is the answer this run already paid for. Every record carries
+        `purpose` and `shadow`, the reason the call was made.
         """
         outcome = TierOutcome()
-        candidates = (model, *self._job.model(model).fallbacks)
+        first = CallRequest(row_id, tier, model, messages, params, purpose, shadow)
+        candidates = [
+            replace(first, model=name) for name in (model, *self._job.model(model).fallbacks)
+        ]
         if self._cache.reads:
-            for position, name in enumerate(candidates):
-                stored = await self._cache.find(self._cache.key(name, messages, params))
+            for position, request in enumerate(candidates):
+                stored = await self._cache.find(self._cache.key(request.model, messages, params))
                 if stored is not None:
-                    outcome.records.append(self._replayed(stored, row_id, tier=tier))
-                    outcome.answer, outcome.model = stored.answer, name
+                    outcome.records.append(self._replayed(stored, request))
+                    outcome.answer, outcome.model = stored.answer, request.model
                     outcome.fallback_used = position > 0
                     return outcome
             if self._cache.offline:
@@ -154,31 +192,25 @@ class Caller:
                     FailureKind.SKIP, "not_cached", "offline, and no stored answer"
                 )
                 return outcome
-        for position, name in enumerate(candidates):
+        for position, request in enumerate(candidates):
             for attempt in range(1, self._policy.max_attempts + 1):
                 if self._control.stop_error is not None:
                     outcome.failure = _skipped(self._control.stop_error)
                     return outcome
-                record, answer, failure = await self._attempt(
-                    row_id,
-                    tier=tier,
-                    model=name,
-                    attempt=attempt,
-                    messages=messages,
-                    params=params,
-                )
-                if record is not None:
-                    outcome.records.append(record)
+                result = await self._attempt(request, attempt=attempt)
+                if result.record is not None:
+                    outcome.records.append(result.record)
+                failure = result.failure
                 if failure is None:
-                    assert record is not None and answer is not None
-                    outcome.answer, outcome.model = answer, name
+                    assert result.record is not None and result.answer is not None
+                    outcome.answer, outcome.model = result.answer, request.model
                     outcome.fallback_used = position > 0
                     outcome.failure = None  # earlier attempts' failures were overcome
                     if self._cache.writes:
                         # Hashed here, for the model that answered, not for every fallback.
-                        key = self._cache.key(name, messages, params)
+                        key = self._cache.key(request.model, messages, params)
                         await self._cache.remember(
-                            _to_store(key, record, answer, self._cache.run_id)
+                            _to_store(key, result.record, result.answer, self._cache.run_id)
                         )
                     return outcome
                 outcome.failure = failure
@@ -197,12 +229,12 @@ class Caller:
                     )
         return outcome
 
-    def _replayed(self, stored: StoredCall, row_id: object, *, tier: int) -> CallRecord:
+    def _replayed(self, stored: StoredCall, request: CallRequest) -> CallRecord:
         """A stored call as this run records it: the original charge, `cached` unless it was
         this very run (a resume) that paid for it."""
         return CallRecord(
-            row_id=row_id,
-            tier=tier,
+            row_id=request.row_id,
+            tier=request.tier,
             model=stored.model,
             attempt=1,
             started_at=datetime.now(UTC),
@@ -214,132 +246,113 @@ class Caller:
             cost_source=stored.cost_source or UNKNOWN,
             request_id=stored.request_id,
             cached=stored.run_id != self._cache.run_id,
+            purpose=request.purpose,
+            shadow=request.shadow,
             mean_logprob=stored.mean_logprob,
         )
 
-    async def _attempt(
-        self,
-        row_id: object,
-        *,
-        tier: int,
-        model: str,
-        attempt: int,
-        messages: list[Message],
-        params: dict[str, Any],
-    ) -> tuple[CallRecord | None, str | None, CallFailure | None]:
-        max_tokens = params.get("max_tokens") or self._job.run.default_max_tokens
-        prompt_tokens = estimate_prompt_tokens(messages)
-        async with self._limits[model].call(prompt_tokens + max_tokens) as reservation:
+    async def _attempt(self, request: CallRequest, *, attempt: int) -> _Attempt:
+        max_tokens = request.params.get("max_tokens") or self._job.run.default_max_tokens
+        prompt_tokens = estimate_prompt_tokens(request.messages)
+        async with self._limits[request.model].call(prompt_tokens + max_tokens) as reservation:
             # Admitted after the limiter's wait, right before sending: the spend is current.
             cost_estimate = await self._budget.admit(
-                model, prompt_tokens=prompt_tokens, max_tokens=max_tokens
+                request.model, prompt_tokens=prompt_tokens, max_tokens=max_tokens
             )
             if cost_estimate is None:
                 assert self._control.stop_error is not None
-                return None, None, _skipped(self._control.stop_error)
+                return _Attempt(None, failure=_skipped(self._control.stop_error))
             try:
-                return await self._send(
-                    row_id,
-                    tier=tier,
-                    model=model,
-                    attempt=attempt,
-                    messages=messages,
-                    params=params,
-                    reservation=reservation,
-                )
+                return await self._send(request, attempt=attempt, reservation=reservation)
             finally:
                 # Also when cancelled mid-call (an interrupt): the estimate leaves the books.
                 self._budget.release(cost_estimate)
 
     async def _send(
-        self,
-        row_id: object,
-        *,
-        tier: int,
-        model: str,
-        attempt: int,
-        messages: list[Message],
-        params: dict[str, Any],
-        reservation: TokenReservation,
-    ) -> tuple[CallRecord, str | None, CallFailure | None]:
+        self, request: CallRequest, *, attempt: int, reservation: TokenReservation
+    ) -> _Attempt:
         started_at = datetime.now(UTC)
         t0 = time.perf_counter()
         reply: Reply | None = None
         try:
-            transport = self._transports[self._job.endpoint_name(model)]
-            reply = await transport.chat({"model": model, "messages": messages, **params})
+            transport = self._transports[self._job.endpoint_name(request.model)]
+            payload = {"model": request.model, "messages": request.messages, **request.params}
+            reply = await transport.chat(payload)
             failure = classify(reply)
         except TransportError as exc:
             failure = classify_transport_error(exc)
-        headers: Mapping[str, str] = reply.headers if reply is not None else {}
-        status_code = reply.status if reply is not None else None
         latency = time.perf_counter() - t0
-
+        headers: Mapping[str, str] = reply.headers if reply is not None else {}
+        completion: Completion | None = None
+        if failure is None and reply is not None:
+            completion, failure = _read_completion(reply.body, headers.get("x-request-id"))
+        reservation.settle(completion.total_tokens if completion is not None else None)
+        charge = self._charge(request.model, headers, completion)
         record = CallRecord(
-            row_id=row_id,
-            tier=tier,
-            model=model,
+            row_id=request.row_id,
+            tier=request.tier,
+            model=request.model,
             attempt=attempt,
             started_at=started_at,
             latency_s=latency,
-            status_code=status_code,
-            request_id=headers.get("x-request-id"),
+            status_code=reply.status if reply is not None else None,
+            error_kind=failure.error_kind if failure is not None else None,
+            error=failure.message if failure is not None else None,
+            retry_after_s=failure.retry_after_s if failure is not None else None,
+            prompt_tokens=completion.prompt_tokens if completion is not None else None,
+            completion_tokens=completion.completion_tokens if completion is not None else None,
+            charge_usd=charge.usd,
+            cost_source=charge.source,
+            balance_usd=charge.balance_usd,
+            request_id=(
+                completion.request_id if completion is not None else headers.get("x-request-id")
+            ),
+            purpose=request.purpose,
+            shadow=request.shadow,
+            mean_logprob=completion.mean_logprob if completion is not None else None,
         )
-        answer = None
-        if failure is None and reply is not None:
-            answer, failure = _read_completion(reply.body, record)
-        reservation.settle(_total_tokens(record))
-        self._charge(record, headers)
-        if failure is not None:
-            record.error_kind, record.error = failure.error_kind, failure.message
-            record.retry_after_s = failure.retry_after_s
-        return record, answer, failure
+        answer = completion.text if completion is not None and failure is None else None
+        return _Attempt(record, answer, failure)
 
-    def _charge(self, record: CallRecord, headers: Mapping[str, str]) -> None:
-        """The provider's charge header when sent, else the price table times usage."""
-        endpoint_name = self._job.endpoint_name(record.model)
+    def _charge(
+        self, model: str, headers: Mapping[str, str], completion: Completion | None
+    ) -> Charge:
+        """The provider's charge header when sent, else the price table times usage; booked
+        on the budget once, here."""
+        endpoint_name = self._job.endpoint_name(model)
         endpoint = self._endpoints[endpoint_name]
         charged = _float_header(headers, endpoint.charge_header)
         balance = _float_header(headers, endpoint.balance_header)
-        record.balance_usd = balance
         self._control.note_balance(endpoint_name, balance)
         self._budget.note_balance(balance)
         if charged is not None:
-            record.charge_usd, record.cost_source = charged, HEADER
-            self._budget.add_spend(record.model, charged)
-            return
-        prices = self._job.model(record.model).usd_per_mtok
-        if prices is not None and record.prompt_tokens is not None:
-            record.charge_usd = (
-                record.prompt_tokens * prices.input
-                + (record.completion_tokens or 0) * prices.output
+            self._budget.add_spend(model, charged)
+            return Charge(charged, HEADER, balance)
+        prices = self._job.model(model).usd_per_mtok
+        if prices is not None and completion is not None and completion.prompt_tokens is not None:
+            usd = (
+                completion.prompt_tokens * prices.input
+                + (completion.completion_tokens or 0) * prices.output
             ) / 1_000_000
-            record.cost_source = PRICE_TABLE
-            self._budget.add_spend(record.model, record.charge_usd)
-        else:
-            record.cost_source = UNKNOWN
+            self._budget.add_spend(model, usd)
+            return Charge(usd, PRICE_TABLE, balance)
+        return Charge(None, UNKNOWN, balance)
 
 
-def _read_completion(body: Any, record: CallRecord) -> tuple[str | None, CallFailure | None]:
-    """Pull the answer and usage out of a chat.completion body, tolerating odd servers."""
+def _read_completion(
+    body: Any, request_id: str | None
+) -> tuple[Completion | None, CallFailure | None]:
+    """The completion of a 2xx body, and the failure when it has no usable answer (its usage
+    is still kept: the call was made and may be charged)."""
     try:
-        usage = body.get("usage") or {}
-        record.prompt_tokens = usage.get("prompt_tokens")
-        record.completion_tokens = usage.get("completion_tokens")
-        choice = body["choices"][0]
-        content = choice["message"].get("content")
-    except (AttributeError, KeyError, IndexError, TypeError):
-        return None, CallFailure(FailureKind.RETRYABLE, "bad_response", "not a chat completion")
-    # issue 7 (real peers): LiteLLM and llmock send no x-request-id header; the completion's
-    # own id is the request id they log.
-    if record.request_id is None and isinstance(body.get("id"), str):
-        record.request_id = body["id"]
-    record.mean_logprob = _mean_logprob(choice)
-    if content is None:
-        refusal = choice["message"].get("refusal")
+        completion = parse_completion(body, request_id=request_id)
+    except BadResponse as exc:
+        return None, CallFailure(FailureKind.RETRYABLE, "bad_response", str(exc))
+    if completion.text is None:
+        refusal = completion.refusal
         reason = f"refused: {refusal}" if refusal else "empty answer"
-        return None, CallFailure(FailureKind.FALLBACK, "no_content", _one_line(reason))
-    return content, None
+        return completion, CallFailure(FailureKind.FALLBACK, "no_content", _one_line(reason))
+    return completion, None
 
 
 def _skipped(reason: RunStopped) -> CallFailure:
@@ -361,12 +374,6 @@ def _to_store(key: bytes, record: CallRecord, answer: str, run_id: str) -> Store
         run_id=run_id,
         mean_logprob=record.mean_logprob,
     )
-
-
-def _total_tokens(record: CallRecord) -> int | None:
-    if record.prompt_tokens is None:
-        return None
-    return record.prompt_tokens + (record.completion_tokens or 0)
 
 
 def _float_header(headers: Mapping[str, str], name: str) -> float | None:
@@ -394,14 +401,3 @@ def _stop_error(failure: CallFailure, job: Job) -> RunStopped:
 def _one_line(text: str) -> str:
     line = " ".join(text.split())
     return line if len(line) <= 300 else line[:297] + "..."
-
-
-def _mean_logprob(choice: Any) -> float | None:
-    """The mean token logprob of an answer, when the request asked for logprobs."""
-    logprobs = choice.get("logprobs") if isinstance(choice, dict) else None
-    tokens = logprobs.get("content") if isinstance(logprobs, dict) else None
-    if not isinstance(tokens, list) or not tokens:
-        return None
-    values = [t.get("logprob") for t in tokens if isinstance(t, dict)]
-    numbers = [float(v) for v in values if isinstance(v, int | float)]
-    return sum(numbers) / len(numbers) if numbers else None

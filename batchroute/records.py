@@ -20,8 +20,10 @@ OK, FAILED, SKIPPED = "ok", "failed", "skipped"
 ANSWER, CLASSIFIER, JUDGE = "answer", "classifier", "judge"
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class CallRecord:
+    """One HTTP call (or a stored one replayed), built once when its facts are all known."""
+
     row_id: object
     tier: int
     model: str

@@ -211,17 +211,9 @@ def test_sdk_timeout_and_connection_errors_are_retryable() -> None:
 
 def test_request_id_is_the_header_else_the_completions_own_id() -> None:
     # LiteLLM and llmock send no x-request-id; the completion's id is what they log.
-    from datetime import UTC, datetime
-
-    from batchroute.caller import _read_completion
-    from batchroute.records import CallRecord
+    from batchroute.completion import parse_completion
 
     body = {"id": "chatcmpl-7", "choices": [{"message": {"content": "hi"}}], "usage": {}}
-    record = CallRecord(
-        row_id=1, tier=0, model="m", attempt=1, started_at=datetime.now(UTC), latency_s=0.0
-    )
-    assert _read_completion(body, record) == ("hi", None)
-    assert record.request_id == "chatcmpl-7"
-    record.request_id = "req-from-header"
-    _read_completion(body, record)
-    assert record.request_id == "req-from-header"
+    completion = parse_completion(body, request_id=None)
+    assert completion.text == "hi" and completion.request_id == "chatcmpl-7"
+    assert parse_completion(body, request_id="req-from-header").request_id == "req-from-header"
