@@ -32,7 +32,7 @@ class Budget:
         """Worst-case charge of one call: the price table, else the dearest call seen so far."""
         prices = self._job.model(model).usd_per_mtok
         if prices is not None:
-            return (prompt_tokens * prices.input + max_tokens * prices.output) / 1_000_000
+            return prices.cost(prompt_tokens, max_tokens)
         if model in self._largest_seen:
             return self._largest_seen[model]
         return max(self._largest_seen.values(), default=None)

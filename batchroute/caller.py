@@ -330,10 +330,7 @@ class Caller:
             return Charge(charged, HEADER, balance)
         prices = self._job.model(model).usd_per_mtok
         if prices is not None and completion is not None and completion.prompt_tokens is not None:
-            usd = (
-                completion.prompt_tokens * prices.input
-                + (completion.completion_tokens or 0) * prices.output
-            ) / 1_000_000
+            usd = prices.cost(completion.prompt_tokens, completion.completion_tokens or 0)
             self._budget.add_spend(model, usd)
             return Charge(usd, PRICE_TABLE, balance)
         return Charge(None, UNKNOWN, balance)

@@ -25,6 +25,7 @@ from typing import Any, cast
 import polars as pl
 
 from batchroute.errors import DatasetError
+from batchroute.job import Prices
 from batchroute.runs import Run, read_run, read_runs
 from batchroute.truth import Scorer, Truth
 
@@ -183,11 +184,11 @@ def _top_tier(answers: pl.DataFrame) -> str | None:
     return str(means["model"][-1])
 
 
-def _top_price(runs: Sequence[Run], top: str) -> tuple[float, float] | None:
+def _top_price(runs: Sequence[Run], top: str) -> Prices | None:
     for run in runs:
         prices = run.metadata.get("job", {}).get("models", {}).get(top, {}).get("usd_per_mtok")
         if prices:
-            return float(prices["input"]), float(prices["output"])
+            return Prices(input=float(prices["input"]), output=float(prices["output"]))
     return None
 
 
@@ -254,7 +255,7 @@ def _baseline(
     *,
     index: int,
     top: str | None,
-    price: tuple[float, float] | None,
+    price: Prices | None,
 ) -> tuple[float | None, float | None]:
     """(cost of the run's rows all on the top tier, share of rows measured rather than priced)."""
     if top is None:
@@ -278,7 +279,8 @@ def _baseline(
     if price is not None:
         tokens_in = pl.col("prompt_tokens").cast(pl.Float64)
         tokens_out = pl.col("completion_tokens").fill_null(0).cast(pl.Float64)
-        priced = (tokens_in * price[0] + tokens_out * price[1]) / 1e6
+        # Prices.cost is linear in each count: its per-token prices price whole columns.
+        priced = tokens_in * price.cost(1, 0) + tokens_out * price.cost(0, 1)
     mean = on_top["charge_usd"].mean() if on_top.height else None
     table = ids.join(measured, on="row_id", how="left").join(first, on="row_id", how="left")
     cost = table.select(
@@ -310,7 +312,7 @@ def _notes(
     frame: pl.DataFrame,
     *,
     top: str | None,
-    price: tuple[float, float] | None,
+    price: Prices | None,
     truth: Truth | None,
     kept_from: dict[str, str],
 ) -> tuple[str, ...]:

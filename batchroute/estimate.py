@@ -93,8 +93,7 @@ def _priced(job: Job, key: tuple[str, int, str], tally: _Tally) -> TierEstimate:
     config = job.model(model)
     usd = None
     if config.usd_per_mtok is not None:
-        prices = config.usd_per_mtok
-        usd = (tally.prompt_tokens * prices.input + tally.completion_tokens * prices.output) / 1e6
+        usd = config.usd_per_mtok.cost(tally.prompt_tokens, tally.completion_tokens)
     floors = [tally.rows / config.rpm] if config.rpm else []
     if config.tpm:
         floors.append((tally.prompt_tokens + tally.completion_tokens) / config.tpm)

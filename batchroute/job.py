@@ -96,8 +96,14 @@ class SimulatorConfig(_Section):
 
 
 class Prices(_Section):
+    """A model's price table, in USD per million tokens."""
+
     input: Annotated[float, Field(ge=0)]
     output: Annotated[float, Field(ge=0)]
+
+    def cost(self, prompt_tokens: float, completion_tokens: float) -> float:
+        """USD for these tokens: the one place the price formula lives."""
+        return (prompt_tokens * self.input + completion_tokens * self.output) / 1_000_000
 
 
 class ModelConfig(_Section):

@@ -182,5 +182,5 @@ def top_tier_cost(result: RowResult, plan: Plan, job: Job, top: str | None) -> f
     for call in result.answer_calls:
         if call.ok and call.prompt_tokens is not None:
             tokens_in, tokens_out = call.prompt_tokens, call.completion_tokens or 0
-            return (tokens_in * prices.input + tokens_out * prices.output) / 1_000_000
+            return prices.cost(tokens_in, tokens_out)
     return 0.0
