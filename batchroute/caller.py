@@ -12,7 +12,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 
@@ -31,11 +31,7 @@ from batchroute.transport import (
     Transport,
     TransportError,
     TransportTimeout,
-    reply_from_sdk_error,
 )
-
-if TYPE_CHECKING:
-    import openai
 
 # Codes that mean "this model cannot take this request, another might" rather than "the
 # request is wrong": the fallback model may have a longer context or actually exist.
@@ -85,17 +81,6 @@ def classify_transport_error(exc: TransportError) -> CallFailure:
     if isinstance(exc, TransportTimeout):
         return CallFailure(FailureKind.RETRYABLE, "timeout", "request timed out")
     return CallFailure(FailureKind.RETRYABLE, "connection", _one_line(str(exc)))
-
-
-def classify_exception(exc: openai.APIError) -> CallFailure:
-    """What an openai SDK exception means, by the same rules as `classify`."""
-    try:
-        reply = reply_from_sdk_error(exc)
-    except TransportError as error:
-        return classify_transport_error(error)
-    return classify(reply) or CallFailure(
-        FailureKind.RETRYABLE, "bad_response", _one_line(exc.message)
-    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,7 +200,7 @@ class Caller:
                     return outcome
                 outcome.failure = failure
                 if failure.kind is FailureKind.FATAL:
-                    self._control.stop(_stop_error(failure, self._job))
+                    self._control.stop(_stop_error(failure, self._job, model=request.model))
                     return outcome
                 if failure.kind in (FailureKind.ROW, FailureKind.SKIP):
                     return outcome
@@ -383,13 +368,15 @@ def _float_header(headers: Mapping[str, str], name: str) -> float | None:
         return None
 
 
-def _stop_error(failure: CallFailure, job: Job) -> RunStopped:
-    where = job.endpoint.base_url
+def _stop_error(failure: CallFailure, job: Job, *, model: str) -> RunStopped:
+    """The run-stopping error of a fatal answer, naming the endpoint of the model that got it."""
+    endpoint = job.all_endpoints()[job.endpoint_name(model)]
+    where = endpoint.base_url
     if failure.status_code in (402, 429):
         return BudgetReached(
             f"{where} answered {failure.status_code} (out of credit): {failure.message}"
         )
-    key = job.endpoint.api_key_env or "no key variable"
+    key = endpoint.api_key_env or "no key variable"
     return AuthRejected(
         f"{where} rejected the credentials ({failure.status_code}); check the key in {key}"
     )

@@ -14,8 +14,7 @@ from batchroute.preflight import RunOptions
 from batchroute.prompts import BadRowInput, build_messages, estimate_prompt_tokens
 from batchroute.results import read_results
 from batchroute.router import Plan, build_router
-
-Z95 = 1.96
+from batchroute.stats import Z_95, wilson
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,7 +176,7 @@ def sample(job: Job, *, rows: int) -> SampleEstimate:
     n = max(ran.height, 1)
     costs = ran["cost_usd"].to_list() or [0.0]
     mean = statistics.fmean(costs)
-    half = Z95 * (statistics.stdev(costs) / math.sqrt(n) if len(costs) > 1 else mean)
+    half = Z_95 * (statistics.stdev(costs) / math.sqrt(n) if len(costs) > 1 else mean)
     escalated = int(ran["escalated"].sum())
     low, high = wilson(escalated, n)
     elapsed = float(report.summary.get("elapsed_s") or 0.0)
@@ -203,14 +202,3 @@ def format_sample(s: SampleEstimate) -> str:
         f" about {pace} at the sample's pace; the sampled calls are in the store"
         " and are not paid again by the full run"
     )
-
-
-def wilson(successes: int, n: int) -> tuple[float, float]:
-    """The Wilson score interval at 95%: honest near 0 and 1, unlike the normal one."""
-    if n == 0:
-        return 0.0, 1.0
-    p = successes / n
-    denominator = 1 + Z95**2 / n
-    centre = (p + Z95**2 / (2 * n)) / denominator
-    spread = Z95 * math.sqrt(p * (1 - p) / n + Z95**2 / (4 * n * n)) / denominator
-    return max(0.0, centre - spread), min(1.0, centre + spread)

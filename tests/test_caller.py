@@ -1,4 +1,4 @@
-"""classify_exception: the one place an SDK exception becomes what to do about it.
+"""classify: the one place an answer (here carried by an SDK exception) becomes what to do.
 
 The exceptions are real openai exception objects, built the way the SDK builds them (a
 response carrying its request), and also raised by the real SDK client over a mock transport,
@@ -15,10 +15,23 @@ import httpx2
 import openai
 import pytest
 
-from batchroute.caller import classify_exception
+from batchroute.caller import classify, classify_transport_error
 from batchroute.errors import CallFailure, FailureKind
+from batchroute.transport import TransportError, reply_from_sdk_error
 
 URL = "http://127.0.0.1:9/v1/chat/completions"
+
+
+def classify_exception(exc: openai.APIError) -> CallFailure:
+    """What the openai transport makes of an SDK exception: the answer it carried, classified
+    by `caller.classify`, or no answer at all."""
+    try:
+        reply = reply_from_sdk_error(exc)
+    except TransportError as error:
+        return classify_transport_error(error)
+    failure = classify(reply)
+    assert failure is not None
+    return failure
 
 
 def _status_error(
