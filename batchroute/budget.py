@@ -76,6 +76,12 @@ class Budget:
         if charge_usd > self._largest_seen.get(model, 0.0):
             self._largest_seen[model] = charge_usd
 
+    def add_doubtful_spend(self, model: str, priced_usd: float | None) -> None:
+        """A call whose charge header was not a usable amount: count the larger of its price
+        and the dearest call seen, so a lying header can never widen the budget."""
+        dearest = max(self._largest_seen.values(), default=0.0)
+        self.add_spend(model, max(priced_usd or 0.0, dearest))
+
     def note_balance(self, balance_usd: float | None) -> None:
         if balance_usd is None or self._min_balance is None:
             return

@@ -7,6 +7,8 @@ place; what an answer means is decided once, in `classify`.
 
 from __future__ import annotations
 
+import logging
+import math
 import random
 import time
 from collections.abc import Mapping
@@ -23,7 +25,7 @@ from batchroute.errors import AuthRejected, BudgetReached, CallFailure, FailureK
 from batchroute.job import Job
 from batchroute.limits import Limits, TokenReservation
 from batchroute.prompts import Message, estimate_prompt_tokens
-from batchroute.records import ANSWER, HEADER, PRICE_TABLE, UNKNOWN, CallRecord
+from batchroute.records import ANSWER, HEADER, INVALID_HEADER, PRICE_TABLE, UNKNOWN, CallRecord
 from batchroute.retry import RetryPolicy, parse_retry_after
 from batchroute.store import CallCache, StoredCall
 from batchroute.transport import (
@@ -36,6 +38,8 @@ from batchroute.transport import (
 # Codes that mean "this model cannot take this request, another might" rather than "the
 # request is wrong": the fallback model may have a longer context or actually exist.
 _FALLBACK_ERROR_CODES = {"context_length_exceeded", "model_not_found"}
+
+log = logging.getLogger("batchroute")
 
 
 @dataclass(slots=True)
@@ -81,6 +85,13 @@ def classify_transport_error(exc: TransportError) -> CallFailure:
     if isinstance(exc, TransportTimeout):
         return CallFailure(FailureKind.RETRYABLE, "timeout", "request timed out")
     return CallFailure(FailureKind.RETRYABLE, "connection", _one_line(str(exc)))
+
+
+class _Invalid:
+    """A header that was sent but is not a usable amount."""
+
+
+_INVALID = _Invalid()
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +152,7 @@ class Caller:
             max_backoff_s=job.run.backoff_max_s,
         )
         self._endpoints = job.all_endpoints()
+        self._warned: set[tuple[str, str]] = set()  # (endpoint, header) warned about this run
 
     async def call_tier(
         self,
@@ -306,19 +318,54 @@ class Caller:
         on the budget once, here."""
         endpoint_name = self._job.endpoint_name(model)
         endpoint = self._endpoints[endpoint_name]
-        charged = _float_header(headers, endpoint.charge_header)
-        balance = _float_header(headers, endpoint.balance_header)
+        charged = self._money_header(headers, endpoint.charge_header, endpoint_name)
+        # A balance that is not a number is ignored: it must neither stop nor unstop the run.
+        sent_balance = self._money_header(headers, endpoint.balance_header, endpoint_name)
+        balance = sent_balance if isinstance(sent_balance, float) else None
         self._control.note_balance(endpoint_name, balance)
         self._budget.note_balance(balance)
-        if charged is not None:
+        if isinstance(charged, float):
             self._budget.add_spend(model, charged)
             return Charge(charged, HEADER, balance)
         prices = self._job.model(model).usd_per_mtok
+        usd = None
         if prices is not None and completion is not None and completion.prompt_tokens is not None:
             usd = prices.cost(completion.prompt_tokens, completion.completion_tokens or 0)
+        if charged is _INVALID:
+            # Summing a NaN or a negative charge would blind the budget or widen it: count the
+            # call as the dearest seen (or its price, if dearer), and say where it came from.
+            self._budget.add_doubtful_spend(model, usd)
+            return Charge(usd, INVALID_HEADER, balance)
+        if usd is not None:
             self._budget.add_spend(model, usd)
             return Charge(usd, PRICE_TABLE, balance)
         return Charge(None, UNKNOWN, balance)
+
+    def _money_header(
+        self, headers: Mapping[str, str], name: str, endpoint: str
+    ) -> float | _Invalid | None:
+        """An amount in USD from a header: None when absent, _INVALID (warned about once per
+        run and header) when it is not a finite, non-negative number."""
+        raw = headers.get(name)
+        if raw is None:
+            return None
+        try:
+            value = float(raw)
+        except ValueError:
+            value = math.nan
+        if math.isfinite(value) and value >= 0:
+            return value
+        if (endpoint, name) not in self._warned:
+            self._warned.add((endpoint, name))
+            log.warning(
+                "endpoint %s sent %s: %r, not an amount in USD; such values are ignored (a"
+                " charge is taken from the price table, else unknown, and the budget counts"
+                " the call as the dearest seen)",
+                endpoint,
+                name,
+                _one_line(raw)[:40],
+            )
+        return _INVALID
 
 
 def _read_completion(
@@ -356,16 +403,6 @@ def _to_store(key: bytes, record: CallRecord, answer: str, run_id: str) -> Store
         run_id=run_id,
         mean_logprob=record.mean_logprob,
     )
-
-
-def _float_header(headers: Mapping[str, str], name: str) -> float | None:
-    raw = headers.get(name)
-    if raw is None:
-        return None
-    try:
-        return float(raw)
-    except ValueError:
-        return None
 
 
 def _stop_error(failure: CallFailure, job: Job, *, model: str) -> RunStopped:

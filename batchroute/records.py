@@ -11,6 +11,8 @@ import polars as pl
 HEADER = "header"
 PRICE_TABLE = "price_table"
 UNKNOWN = "unknown"  # no charge header and no price for the model
+# The charge header was not a finite, non-negative number: the price table's charge, if any.
+INVALID_HEADER = "invalid_header"
 MIXED = "mixed"  # a row whose calls were charged from different sources
 
 OK, FAILED, SKIPPED = "ok", "failed", "skipped"

@@ -44,6 +44,7 @@ def hostile_job(
     base_url: str | None = None,
     endpoint: str = "",
     run: str = "",
+    concurrency: int = 4,
     transport: str = "aiohttp",
     extra: str = "",
 ) -> Path:
@@ -69,7 +70,7 @@ def hostile_job(
         model = "{model}"
 
         [run]
-        concurrency = 4
+        concurrency = {concurrency}
         max_attempts = 2
         backoff_base_s = 0.01
         backoff_max_s = 0.02
