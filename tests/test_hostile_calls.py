@@ -4,12 +4,14 @@ truth. Every test runs a real job over real HTTP on 127.0.0.1 (tests/hostile_ser
 from __future__ import annotations
 
 import logging
+import re
+import sqlite3
 from pathlib import Path
 
 import polars as pl
 import pytest
 from hostile_fixtures import hostile, hostile_job, run_job, transport
-from hostile_server import Answer, HostileServer, completion
+from hostile_server import Answer, HostileServer, Request, completion
 
 from batchroute.errors import AuthRejected
 
@@ -121,3 +123,107 @@ def test_a_lying_balance_is_ignored_and_never_stops_the_run(
     assert ran.report.stop_error is None
     assert set(ran.results["status"]) == {"ok"}
     assert ran.calls["balance_usd"].is_null().all()
+
+
+# ---- B2: bodies that are not what they claim ------------------------------------------------
+
+
+def _usage(**fields: object) -> dict[str, object]:
+    return {"prompt_tokens": 10, "completion_tokens": 5, **fields}
+
+
+MALFORMED = {
+    "prompt_tokens a string": Answer(json=completion(usage=_usage(prompt_tokens="12"))),
+    "prompt_tokens a fraction": Answer(json=completion(usage=_usage(prompt_tokens=12.5))),
+    "prompt_tokens 1.5e30": Answer(json=completion(usage=_usage(prompt_tokens=1.5e30))),
+    "prompt_tokens negative": Answer(json=completion(usage=_usage(prompt_tokens=-3))),
+    "prompt_tokens a bool": Answer(json=completion(usage=_usage(prompt_tokens=True))),
+    "completion_tokens NaN": Answer(
+        body=b'{"choices":[{"message":{"content":"x"}}],"usage":{"completion_tokens":NaN}}'
+    ),
+    "usage a list": Answer(json=completion(usage=[1, 2])),
+    "content an int": Answer(json=completion(5)),
+    "content a dict": Answer(json=completion({"text": "a"})),
+    "a part without text": Answer(json=completion([{"type": "text", "text": 3}])),
+    "choices empty": Answer(json=completion(choices=[])),
+    "choices not a list": Answer(json=completion(choices={"0": {"message": {}}})),
+    "message not an object": Answer(json=completion(choices=[{"message": "hi"}])),
+    "body not JSON": Answer(body=b"<html>200 OK, honest</html>"),
+    "body a JSON list": Answer(json=[completion()]),
+}
+
+
+def _stored_calls(job: Path) -> int:
+    with sqlite3.connect(job.parent / ".batchroute" / "store.sqlite") as db:
+        return int(db.execute("SELECT count(*) FROM calls").fetchone()[0])
+
+
+@pytest.mark.parametrize("case", list(MALFORMED))
+def test_a_malformed_body_fails_its_call_as_bad_response_and_is_never_stored(
+    tmp_path: Path, hostile: HostileServer, case: str
+) -> None:
+    hostile.script = lambda request: MALFORMED[case]
+    job = hostile_job(tmp_path, hostile, rows=2)
+    ran = run_job(job)
+    assert ran.report.stop_error is None
+    assert set(ran.results["status"]) == {"failed"}
+    assert all(e.startswith("bad_response: ") for e in ran.results["error"])
+    # Retried like a 5xx: every attempt was made and recorded, none with made-up usage.
+    assert ran.calls.height == 2 * 2 and set(ran.calls["error_kind"]) == {"bad_response"}
+    assert ran.calls["prompt_tokens"].is_null().all()
+    assert ran.results["answer"].is_null().all()
+    assert _stored_calls(job) == 0
+
+
+@pytest.mark.parametrize("transport_name", ["aiohttp", "openai"])
+def test_content_parts_are_joined_as_openai_joins_text_parts(
+    tmp_path: Path, hostile: HostileServer, transport_name: str
+) -> None:
+    parts = [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]
+    hostile.script = lambda request: Answer(json=completion(parts))
+    ran = run_job(hostile_job(tmp_path, hostile, rows=2, transport=transport_name))
+    assert ran.results["answer"].to_list() == ["ab", "ab"]
+    assert set(ran.results["status"]) == {"ok"}
+
+
+def test_a_whole_float_count_reads_as_an_int(tmp_path: Path, hostile: HostileServer) -> None:
+    hostile.script = lambda request: Answer(json=completion(usage=_usage(prompt_tokens=12.0)))
+    ran = run_job(hostile_job(tmp_path, hostile, rows=1))
+    assert ran.results["status"].to_list() == ["ok"]
+    assert ran.calls["prompt_tokens"].to_list() == [12]
+
+
+def _row(request: Request) -> int:
+    text = str(request.payload["messages"][-1]["content"])
+    match = re.search(r"Ticket number (\d+):", text)
+    assert match is not None
+    return int(match.group(1))
+
+
+def test_a_rerun_from_the_store_after_a_hostile_run_works(
+    tmp_path: Path, hostile: HostileServer
+) -> None:
+    def script(request: Request) -> Answer:
+        i = _row(request)
+        hostile_answers = [
+            Answer(json=completion(f"good {i}")),
+            Answer(json=completion(7)),
+            Answer(json=completion(usage=_usage(prompt_tokens="9"))),
+        ]
+        return hostile_answers[i % 3]
+
+    hostile.script = script
+    job = hostile_job(tmp_path, hostile, rows=9)
+    first = run_job(job)
+    good = [f"good {i}" if i % 3 == 0 else None for i in range(9)]
+    assert first.results["answer"].to_list() == good
+    assert _stored_calls(job) == 3
+
+    hostile.requests.clear()
+    again = run_job(job)
+    assert again.results["answer"].to_list() == good
+    assert again.results["status"].to_list() == first.results["status"].to_list()
+    # The good rows came from the store; only the failed ones asked the server again.
+    assert sorted({_row(r) for r in hostile.requests}) == [1, 2, 4, 5, 7, 8]
+    cached = again.calls.filter(pl.col("cached"))
+    assert cached.height == 3 and set(cached["cost_source"]) <= {"header", "unknown"}
