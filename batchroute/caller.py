@@ -30,6 +30,7 @@ from batchroute.retry import RetryPolicy, parse_retry_after
 from batchroute.store import CallCache, StoredCall
 from batchroute.transport import (
     Reply,
+    ResponseTooLarge,
     Transport,
     TransportError,
     TransportTimeout,
@@ -81,7 +82,13 @@ def classify(reply: Reply) -> CallFailure | None:
 
 
 def classify_transport_error(exc: TransportError) -> CallFailure:
-    """No HTTP answer: a timeout or a failed connection, both worth another try."""
+    """No usable HTTP answer: a timeout or a failed connection, both worth another try, or a
+    body over the size cap."""
+    if isinstance(exc, ResponseTooLarge):
+        # Not retried: the same request to the same model would most likely bring the same
+        # oversized answer, paid again each time; another model (a fallback) may answer
+        # within the cap, so it moves on as a model that cannot serve the request does.
+        return CallFailure(FailureKind.FALLBACK, "response_too_large", str(exc))
     if isinstance(exc, TransportTimeout):
         return CallFailure(FailureKind.RETRYABLE, "timeout", "request timed out")
     return CallFailure(FailureKind.RETRYABLE, "connection", _one_line(str(exc)))

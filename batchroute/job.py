@@ -79,6 +79,8 @@ class EndpointConfig(_Section):
     charge_header: str = "X-MDB-Charged-USD"
     balance_header: str = "X-MDB-Balance-USD"
     transport: Literal["aiohttp", "openai"] = "aiohttp"
+    # A body larger than this fails its call (response_too_large) instead of filling memory.
+    max_response_bytes: Annotated[int, Field(gt=0)] = 4 * 1024 * 1024
 
     @property
     def embedded(self) -> bool:

@@ -71,6 +71,7 @@ class HostileServer:
         self.script: Callable[[Request], Answer] = _default
         self.requests: list[Request] = []
         self.served = ["h/model", "h/fallback"]  # what GET /models lists
+        self.streamed: list[int] = []  # bytes of each streamed body the client took
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._runner: web.AppRunner | None = None
@@ -144,4 +145,6 @@ class HostileServer:
                 left -= len(chunk)
         except (ConnectionResetError, ConnectionError):
             pass  # the client stopped reading, as it should
+        finally:
+            self.streamed.append(answer.size - left)
         return response

@@ -227,3 +227,57 @@ def test_a_rerun_from_the_store_after_a_hostile_run_works(
     assert sorted({_row(r) for r in hostile.requests}) == [1, 2, 4, 5, 7, 8]
     cached = again.calls.filter(pl.col("cached"))
     assert cached.height == 3 and set(cached["cost_source"]) <= {"header", "unknown"}
+
+
+# ---- B3: a body too large to keep ------------------------------------------------------------
+
+HUGE = 50 * 1024 * 1024
+
+
+@pytest.mark.parametrize("announced", [True, False], ids=["content-length", "chunked"])
+def test_a_50mb_body_fails_its_call_without_being_read(
+    tmp_path: Path, hostile: HostileServer, announced: bool
+) -> None:
+    hostile.script = lambda request: Answer(
+        size=HUGE, content_length=announced, headers={"Content-Type": "application/json"}
+    )
+    ran = run_job(hostile_job(tmp_path, hostile, rows=3))
+    assert ran.report.stop_error is None
+    assert set(ran.results["status"]) == {"failed"}
+    assert all(e.startswith("response_too_large: ") for e in ran.results["error"])
+    # Not retried (max_attempts = 2): one call per row, then the (absent) fallbacks.
+    assert ran.calls.height == 3 and set(ran.calls["error_kind"]) == {"response_too_large"}
+    # Memory: the client stopped taking bytes near the 4 MiB cap (plus what the sockets'
+    # buffers held), so it never held the 50 MB.
+    assert len(hostile.streamed) == 3
+    assert max(hostile.streamed) < 20 * 1024 * 1024
+
+
+def test_max_response_bytes_is_the_endpoints_key_on_both_transports(
+    tmp_path: Path, hostile: HostileServer, transport: str
+) -> None:
+    # A 2000-byte answer passes the default cap and fails a cap of 1000.
+    hostile.script = lambda request: Answer(json=completion("x" * 2000))
+    ran = run_job(hostile_job(tmp_path, hostile, rows=2, transport=transport))
+    assert set(ran.results["status"]) == {"ok"}
+    capped = tmp_path / "capped"
+    capped.mkdir()
+    job = hostile_job(
+        capped, hostile, rows=2, transport=transport, endpoint="max_response_bytes = 1000"
+    )
+    ran = run_job(job)
+    assert set(ran.calls["error_kind"]) == {"response_too_large"}
+    assert set(ran.results["status"]) == {"failed"}
+
+
+def test_a_too_large_answer_moves_to_the_fallback(tmp_path: Path, hostile: HostileServer) -> None:
+    def script(request: Request) -> Answer:
+        if request.model == "h/model":
+            return Answer(size=HUGE)
+        return Answer(json=completion("from the fallback"))
+
+    hostile.script = script
+    models = '[models."h/model"]\nfallbacks = ["h/fallback"]\n[models."h/fallback"]\n'
+    ran = run_job(hostile_job(tmp_path, hostile, rows=2, models=models))
+    assert ran.results["answer"].to_list() == ["from the fallback"] * 2
+    assert ran.results["fallback_used"].all()
