@@ -11,7 +11,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -26,6 +26,7 @@ from batchroute.job import Job
 from batchroute.limits import Limits, TokenReservation
 from batchroute.prompts import Message, estimate_prompt_tokens
 from batchroute.records import ANSWER, HEADER, INVALID_HEADER, PRICE_TABLE, UNKNOWN, CallRecord
+from batchroute.redact import Redactor
 from batchroute.retry import RetryPolicy, parse_retry_after
 from batchroute.store import CallCache, StoredCall
 from batchroute.transport import (
@@ -54,16 +55,17 @@ class TierOutcome:
     failure: CallFailure | None = None
 
 
-def classify(reply: Reply) -> CallFailure | None:
+def classify(reply: Reply, *, redact: Callable[[str], str] = str) -> CallFailure | None:
     """What an HTTP answer means for the call: None for a 2xx, else what to do about it.
 
-    The only place that decides; both transports' answers come through here.
+    The only place that decides; both transports' answers come through here. The server's
+    message passes `redact` before it is cut to one line, so no part of a secret survives.
     """
     status = reply.status
     if 200 <= status < 300:
         return None
     error = reply.error
-    message = _one_line(str(error.get("message") or reply.text or f"HTTP {status}"))
+    message = _one_line(redact(str(error.get("message") or reply.text or f"HTTP {status}")))
     error_kind = f"http_{status}"
     if status in (401, 403):
         return CallFailure(FailureKind.FATAL, error_kind, message, status)
@@ -160,6 +162,7 @@ class Caller:
         )
         self._endpoints = job.all_endpoints()
         self._warned: set[tuple[str, str]] = set()  # (endpoint, header) warned about this run
+        self._redact = Redactor.from_job(job)
 
     async def call_tier(
         self,
@@ -282,7 +285,7 @@ class Caller:
             transport = self._transports[self._job.endpoint_name(request.model)]
             payload = {"model": request.model, "messages": request.messages, **request.params}
             reply = await transport.chat(payload)
-            failure = classify(reply)
+            failure = classify(reply, redact=self._redact)
         except TransportError as exc:
             failure = classify_transport_error(exc)
         latency = time.perf_counter() - t0
@@ -290,6 +293,10 @@ class Caller:
         completion: Completion | None = None
         if failure is None and reply is not None:
             completion, failure = _read_completion(reply.body, headers.get("x-request-id"))
+        if failure is not None:
+            # A server may echo the request's Authorization header or the key in its error;
+            # the message goes to the calls table, the row's error and the terminal.
+            failure = replace(failure, message=self._redact(failure.message))
         reservation.settle(completion.total_tokens if completion is not None else None)
         charge = self._charge(request.model, headers, completion)
         record = CallRecord(

@@ -10,10 +10,12 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from helpers import run_cli
 from hostile_fixtures import hostile, hostile_job, run_job, transport
 from hostile_server import Answer, HostileServer, Request, completion
 
 from batchroute.errors import AuthRejected
+from batchroute.results import read_calls, read_results
 
 __all__ = ["hostile", "transport"]  # fixtures, imported for pytest to find
 
@@ -281,3 +283,43 @@ def test_a_too_large_answer_moves_to_the_fallback(tmp_path: Path, hostile: Hosti
     ran = run_job(hostile_job(tmp_path, hostile, rows=2, models=models))
     assert ran.results["answer"].to_list() == ["from the fallback"] * 2
     assert ran.results["fallback_used"].all()
+
+
+# ---- B4: secrets echoed back ----------------------------------------------------------------
+
+SECRET = "sk-hostile-secret-0123456789"
+
+
+def _echo(request: Request) -> Answer:
+    auth = request.headers.get("authorization", "")
+    key = auth.removeprefix("Bearer ")
+    row = _row(request)
+    if row == 0:  # the whole header, as a careless proxy logs it
+        return Answer(400, json={"error": {"message": f"bad request; you sent {auth}"}})
+    if row == 1:  # the bare key, late in a long message (where it would be cut to one line)
+        return Answer(500, body=("x" * 270 + f" key={key} was refused").encode())
+    if row == 3:  # out of credit: this message becomes the run's stop message on stderr
+        return Answer(402, json={"error": {"message": f"no credit left for {key} ({auth})"}})
+    return Answer(json=completion())
+
+
+def test_the_api_key_never_reaches_outputs_or_the_terminal(
+    tmp_path: Path, hostile: HostileServer
+) -> None:
+    hostile.script = _echo
+    job = hostile_job(
+        tmp_path, hostile, rows=6, endpoint='api_key_env = "HOSTILE_KEY"', concurrency=1
+    )
+    done = run_cli("run", job, env={"HOSTILE_KEY": SECRET})
+    assert done.returncode == 3, done.stderr  # the 402 stopped the run
+    assert "402" in done.stderr and "[redacted]" in done.stderr
+    assert SECRET not in done.stdout + done.stderr
+    assert SECRET[:12] not in done.stdout + done.stderr  # not even a cut-off part of it
+    results = read_results(tmp_path / "out" / "results.parquet")
+    calls = read_calls(tmp_path / "out" / "results.parquet")
+    assert results["status"].to_list()[:3] == ["failed", "failed", "ok"]
+    assert "Bearer [redacted]" in results["error"][0]
+    assert "key=[redacted]" in results["error"][1]
+    for path in (tmp_path / "out").iterdir():
+        assert SECRET[:12].encode() not in path.read_bytes()
+    assert not any(SECRET[:12] in (e or "") for e in calls["error"])
