@@ -174,7 +174,7 @@ def sample(job: Job, *, rows: int) -> SampleEstimate:
         results = read_results(out)
     ran = results.filter(results["status"] != "skipped")
     n = max(ran.height, 1)
-    costs = ran["cost_usd"].to_list() or [0.0]
+    costs = ran["cost_usd"].drop_nulls().to_list() or [0.0]  # null: a cost not known
     mean = statistics.fmean(costs)
     half = Z_95 * (statistics.stdev(costs) / math.sqrt(n) if len(costs) > 1 else mean)
     escalated = int(ran["escalated"].sum())

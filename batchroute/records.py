@@ -51,6 +51,13 @@ class CallRecord:
     def ok(self) -> bool:
         return self.error_kind is None
 
+    @property
+    def unpriced(self) -> bool:
+        """Answered (2xx), but with no known charge: what it cost is unknown. A refused call
+        without a charge header is not counted so: providers do not charge refusals."""
+        code = self.status_code
+        return self.charge_usd is None and code is not None and 200 <= code < 300
+
 
 @dataclass(slots=True)
 class RowResult:
@@ -84,8 +91,18 @@ class RowResult:
         return [c for c in self.calls if c.purpose == ANSWER and not c.shadow]
 
     @property
-    def cost_usd(self) -> float:
-        return sum(c.charge_usd for c in self.charged_calls if c.charge_usd is not None)
+    def cost_usd(self) -> float | None:
+        """The known charges summed; None (not 0.0) when no charge is known and some answered
+        call's cost is unknown. See `cost_partly_unknown` for the rest."""
+        known = [c.charge_usd for c in self.charged_calls if c.charge_usd is not None]
+        if not known and self.cost_partly_unknown:
+            return None
+        return sum(known)
+
+    @property
+    def cost_partly_unknown(self) -> bool:
+        """Some answered call of the row has no known charge: `cost_usd` is a lower bound."""
+        return any(c.unpriced for c in self.charged_calls)
 
     @property
     def cost_source(self) -> str | None:
@@ -93,6 +110,8 @@ class RowResult:
         sources = {c.cost_source for c in charged if c.charge_usd is not None}
         if not sources:
             return UNKNOWN if charged else None
+        if self.cost_partly_unknown:
+            return MIXED  # known charges and unknown ones
         return sources.pop() if len(sources) == 1 else MIXED
 
     @property

@@ -132,7 +132,7 @@ class RouteStats:
             return
         route = self.routes.setdefault(result.route_key, _Route())
         route.rows += 1
-        route.cost_usd += result.cost_usd
+        route.cost_usd += result.cost_usd or 0.0  # the known charges
         self.unknown_labels += result.label_unknown
         self.shadow_cost_usd += result.shadow_cost_usd or 0.0
         if result.status != OK or not result.past_cheapest:
@@ -141,7 +141,7 @@ class RouteStats:
         if result.shadow_passed is not None:
             route.sampled += 1
             route.passed += result.shadow_passed
-            paid = result.cost_usd - (result.classifier_cost_usd or 0.0)
+            paid = (result.cost_usd or 0.0) - (result.classifier_cost_usd or 0.0)
             route.potential_saving_usd += paid - (result.shadow_cost_usd or 0.0)
 
     def as_dict(self) -> dict[str, Any]:

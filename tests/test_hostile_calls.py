@@ -323,3 +323,41 @@ def test_the_api_key_never_reaches_outputs_or_the_terminal(
     for path in (tmp_path / "out").iterdir():
         assert SECRET[:12].encode() not in path.read_bytes()
     assert not any(SECRET[:12] in (e or "") for e in calls["error"])
+
+
+# ---- B5: unknown cost stays unknown ---------------------------------------------------------
+
+
+def test_a_cost_nobody_sent_is_unknown_in_results_summary_and_compare(
+    tmp_path: Path, hostile: HostileServer
+) -> None:
+    # No charge header, no price table: nothing says what the answers cost.
+    job = hostile_job(tmp_path, hostile, rows=4)
+    ran = run_job(job)
+    assert set(ran.results["status"]) == {"ok"}
+    assert ran.results["cost_usd"].is_null().all()  # null, not 0.0
+    assert set(ran.results["cost_source"]) == {"unknown"}
+    assert "total unknown" in ran.report.summary_line
+    assert "$0.0000" not in ran.report.summary_line
+    assert ran.report.summary["cost_usd"] is None
+
+    shown = run_cli("compare", tmp_path / "out" / "results.parquet")
+    assert shown.returncode == 0, shown.stderr
+    row = shown.stdout.splitlines()[2]  # headers, rule, the run
+    # $/1k rows, total $ and new $ are unknown; cached $ is a true zero (nothing cached).
+    assert row.split().count("unknown") == 3
+    assert "store held when the run started" in shown.stdout
+
+
+def test_a_partly_known_cost_says_so(tmp_path: Path, hostile: HostileServer) -> None:
+    def script(request: Request) -> Answer:
+        if _row(request) % 2 == 0:
+            return Answer(json=completion(), headers={"X-MDB-Charged-USD": "0.25"})
+        return Answer(json=completion())
+
+    hostile.script = script
+    ran = run_job(hostile_job(tmp_path, hostile, rows=4))
+    assert ran.results["cost_usd"].to_list() == [0.25, None, 0.25, None]
+    assert "total $0.5000 + unknown" in ran.report.summary_line
+    shown = run_cli("compare", tmp_path / "out" / "results.parquet")
+    assert "0.5000 + unknown" in shown.stdout.splitlines()[2]
