@@ -131,13 +131,15 @@ class Executor:
             result.check_passed = verdict.passed
             if verdict.passed:
                 return verdicts
+            # Every failed check's reason is kept (the last is why the final answer is
+            # unvouched for), also on a one-tier plan that cannot escalate.
+            reason = f"{verdict.check or plan.check.name} failed on {model}: {verdict.reason}"
+            result.check_reasons.append(reason)
             if tier + 1 < len(plan.tiers):
                 # Escalation: the reason recorded is the first failed check's, which is
                 # what sent the row past its first tier.
                 result.escalated = True
-                result.escalation_reason = result.escalation_reason or (
-                    f"{verdict.check or plan.check.name} failed on {model}: {verdict.reason}"
-                )
+                result.escalation_reason = result.escalation_reason or reason
         # Every tier's answer failed the check: keep the last answer (it is often still the
         # best there is) and let `check_passed = false` say that nothing vouched for it.
         return verdicts

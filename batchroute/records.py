@@ -67,7 +67,8 @@ class RowResult:
     answer: str | None = None
     model: str | None = None
     escalated: bool = False
-    escalation_reason: str | None = None
+    escalation_reason: str | None = None  # the first failed check's reason
+    check_reasons: list[str] = field(default_factory=list)  # every failed check's, in tier order
     tiers_tried: list[str] = field(default_factory=list)
     fallback_used: bool = False
     check_passed: bool | None = None
@@ -165,6 +166,7 @@ def result_schema(id_dtype: pl.DataType) -> dict[str, pl.DataType]:
         "plan": pl.String(),
         "escalated": pl.Boolean(),
         "escalation_reason": pl.String(),
+        "check_reasons": pl.List(pl.String()),
         "tiers_tried": pl.List(pl.String()),
         "fallback_used": pl.Boolean(),
         "check_passed": pl.Boolean(),
@@ -202,6 +204,7 @@ def results_frame(results: list[RowResult], *, id_dtype: pl.DataType) -> pl.Data
         columns["plan"].append(r.plan)
         columns["escalated"].append(r.escalated)
         columns["escalation_reason"].append(r.escalation_reason)
+        columns["check_reasons"].append(r.check_reasons)
         columns["tiers_tried"].append(r.tiers_tried)
         columns["fallback_used"].append(r.fallback_used)
         columns["check_passed"].append(r.check_passed)

@@ -40,6 +40,7 @@ def hostile_job(
     *,
     rows: int = 3,
     model: str = "h/model",
+    route: str | None = None,
     models: str = "",
     base_url: str | None = None,
     endpoint: str = "",
@@ -66,8 +67,7 @@ def hostile_job(
         @ENDPOINT@
 
         [route]
-        strategy = "fixed"
-        model = "{model}"
+        @ROUTE@
 
         [run]
         concurrency = {concurrency}
@@ -78,9 +78,9 @@ def hostile_job(
         """
     path = tmp_path / "job.toml"
     text = textwrap.dedent(body)
-    text = text.replace("@ENDPOINT@", textwrap.dedent(endpoint)).replace(
-        "@RUN@", textwrap.dedent(run)
-    )
+    routed = route or f'strategy = "fixed"\nmodel = "{model}"'
+    for mark, part in (("@ENDPOINT@", endpoint), ("@RUN@", run), ("@ROUTE@", routed)):
+        text = text.replace(mark, textwrap.dedent(part))
     path.write_text(text + textwrap.dedent(models) + textwrap.dedent(extra), encoding="utf-8")
     return path
 

@@ -361,3 +361,34 @@ def test_a_partly_known_cost_says_so(tmp_path: Path, hostile: HostileServer) -> 
     assert "total $0.5000 + unknown" in ran.report.summary_line
     shown = run_cli("compare", tmp_path / "out" / "results.parquet")
     assert "0.5000 + unknown" in shown.stdout.splitlines()[2]
+
+
+# ---- B6: every failed check's reason --------------------------------------------------------
+
+YES = '[check]\ntype = "regex"\npattern = "^yes"\n'
+
+
+def test_a_one_tier_plan_records_its_failed_checks_reason(
+    tmp_path: Path, hostile: HostileServer
+) -> None:
+    hostile.script = lambda request: Answer(json=completion("yes" if _row(request) else "no"))
+    ran = run_job(hostile_job(tmp_path, hostile, rows=2, extra=YES))
+    assert ran.results["check_passed"].to_list() == [False, True]
+    reasons = ran.results["check_reasons"].to_list()
+    assert len(reasons[0]) == 1 and reasons[0][0].startswith("regex failed on h/model")
+    assert reasons[1] == []
+    assert ran.results["escalation_reason"].to_list() == [None, None]
+
+
+def test_a_cascade_keeps_every_tiers_reason_in_order(
+    tmp_path: Path, hostile: HostileServer
+) -> None:
+    hostile.script = lambda request: Answer(json=completion(f"no from {request.model}"))
+    route = 'strategy = "cascade"\ntiers = ["h/model", "h/fallback"]'
+    ran = run_job(hostile_job(tmp_path, hostile, rows=1, route=route, extra=YES))
+    (reasons,) = ran.results["check_reasons"].to_list()
+    assert [r.split(":")[0] for r in reasons] == [
+        "regex failed on h/model",
+        "regex failed on h/fallback",
+    ]
+    assert ran.results["escalation_reason"][0] == reasons[0]
