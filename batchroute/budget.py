@@ -57,8 +57,9 @@ class Budget:
             if self.spent_usd + self.in_flight_usd + estimate > self._limit:
                 self._control.stop(
                     BudgetReached(
-                        f"budget ${self._limit:g} reached: ${self.spent_usd:.4f} spent, the"
-                        f" next call could cost ${estimate:.4f}"
+                        f"budget ${self._limit:g} reached: ${self.spent_usd:.4f} spent,"
+                        f" ${self.in_flight_usd:.4f} in flight, the next call could cost"
+                        f" ${estimate:.4f}"
                     )
                 )
                 return None

@@ -46,6 +46,7 @@ class Answer:
     body: bytes | None = None
     size: int | None = None
     content_length: bool = True  # for `size`: announce it, or stream it chunked
+    delay_s: float = 0.0  # wait this long before answering
 
 
 def completion(
@@ -120,6 +121,8 @@ class HostileServer:
         seen = Request(payload, {k.lower(): v for k, v in request.headers.items()})
         self.requests.append(seen)
         answer = self.script(seen)
+        if answer.delay_s:
+            await asyncio.sleep(answer.delay_s)
         if answer.size is not None:
             return await self._stream(request, answer)
         body = answer.body

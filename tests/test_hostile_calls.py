@@ -392,3 +392,29 @@ def test_a_cascade_keeps_every_tiers_reason_in_order(
         "regex failed on h/fallback",
     ]
     assert ran.results["escalation_reason"][0] == reasons[0]
+
+
+# ---- B7: the budget's stop message counts calls in flight -----------------------------------
+
+
+def test_a_budget_stop_names_what_is_in_flight(tmp_path: Path, hostile: HostileServer) -> None:
+    # Slow answers at concurrency 4: when the budget stops the run, calls are still out.
+    hostile.script = lambda request: Answer(json=completion(), delay_s=0.3)
+    job = hostile_job(
+        tmp_path,
+        hostile,
+        rows=12,
+        models=PRICED,
+        run="budget_usd = 1.0\ndefault_max_tokens = 5",
+        concurrency=4,
+    )
+    ran = run_job(job)
+    message = str(ran.report.stop_error)
+    found = re.fullmatch(
+        r"budget \$1 reached: \$([\d.]+) spent, \$([\d.]+) in flight,"
+        r" the next call could cost \$([\d.]+)",
+        message,
+    )
+    assert found is not None, message
+    spent, in_flight, estimate = map(float, found.groups())
+    assert in_flight > 0 and spent + in_flight + estimate > 1.0
