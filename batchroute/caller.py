@@ -159,6 +159,7 @@ class Caller:
             max_attempts=job.run.max_attempts,
             base_s=job.run.backoff_base_s,
             max_backoff_s=job.run.backoff_max_s,
+            max_retry_after_s=job.run.max_retry_after_s,
         )
         self._endpoints = job.all_endpoints()
         self._warned: set[tuple[str, str]] = set()  # (endpoint, header) warned about this run
@@ -229,11 +230,13 @@ class Caller:
                 if failure.kind is FailureKind.FALLBACK:
                     break
                 if attempt < self._policy.max_attempts:
-                    await anyio.sleep(
-                        self._policy.delay(
-                            attempt, retry_after_s=failure.retry_after_s, rng=self._rng
-                        )
+                    delay = self._policy.delay(
+                        attempt, retry_after_s=failure.retry_after_s, rng=self._rng
                     )
+                    # Not a bare sleep: when the run stops (Ctrl-C, the budget) the wait
+                    # ends at once, and the loop's next turn records the row as skipped.
+                    with anyio.move_on_after(delay):
+                        await self._control.stopping.wait()
         return outcome
 
     def _replayed(self, stored: StoredCall, request: CallRequest) -> CallRecord:

@@ -258,6 +258,7 @@ class RunConfig(_Section):
     budget_usd: Annotated[float, Field(gt=0)] | None = None
     min_balance_usd: Annotated[float, Field(ge=0)] | None = None
     grace_s: Annotated[float, Field(ge=0)] = 10.0  # for calls in flight after an interrupt
+    max_retry_after_s: Annotated[float, Field(ge=0)] = 120.0  # the longest Retry-After obeyed
 
 
 class StoreConfig(_Section):

@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import logging
 import re
+import signal
 import sqlite3
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import polars as pl
@@ -418,3 +422,50 @@ def test_a_budget_stop_names_what_is_in_flight(tmp_path: Path, hostile: HostileS
     assert found is not None, message
     spent, in_flight, estimate = map(float, found.groups())
     assert in_flight > 0 and spent + in_flight + estimate > 1.0
+
+
+# ---- B8: Retry-After's cap is a key, and Ctrl-C ends a backoff wait -------------------------
+
+
+def _slow_down(request: Request) -> Answer:
+    return Answer(429, json={"error": {"message": "slow down"}}, headers={"Retry-After": "3600"})
+
+
+def test_run_max_retry_after_s_caps_what_a_server_may_ask(
+    tmp_path: Path, hostile: HostileServer
+) -> None:
+    hostile.script = _slow_down
+    ran = run_job(hostile_job(tmp_path, hostile, rows=2, run="max_retry_after_s = 0.01"))
+    assert set(ran.results["status"]) == {"failed"}
+    assert ran.calls.height == 2 * 2  # both attempts made, the wait between them capped
+    assert set(ran.calls["retry_after_s"]) == {3600.0}  # what the server asked is recorded
+
+
+def test_ctrl_c_ends_a_backoff_wait_at_once(tmp_path: Path, hostile: HostileServer) -> None:
+    # The server asks for an hour, and the job allows it, with an hour's grace for calls in
+    # flight: only a wait that the interrupt ends lets the run finish before the timeout.
+    hostile.script = _slow_down
+    job = hostile_job(tmp_path, hostile, rows=1, run="max_retry_after_s = 3600\ngrace_s = 3600")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "batchroute", "run", str(job)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        for _ in range(600):  # up to a minute for the first 429 to be answered
+            if hostile.requests:
+                break
+            time.sleep(0.1)
+        assert hostile.requests, "the run never called the server"
+        time.sleep(0.5)  # now in the hour's wait
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 130, stderr
+    results = read_results(tmp_path / "out" / "results.parquet")
+    assert results["status"].to_list() == ["skipped"]
+    assert len(hostile.requests) == 1
