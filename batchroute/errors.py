@@ -71,7 +71,7 @@ class Interrupted(RunStopped):
 
 
 class FailureKind(enum.StrEnum):
-    """How a failed call is handled; decided once, in `caller.classify_exception`."""
+    """How a failed call is handled; decided once, in `caller.classify`."""
 
     RETRYABLE = "retryable"  # timeout, connection error, 408, 409, 429, 5xx: try again later
     FALLBACK = "fallback"  # the model cannot serve this request: try the next model at once

@@ -174,6 +174,7 @@ class _Run:
                 api_key=prep.api_keys[name],
                 timeout_s=endpoints[name].timeout_s,
                 connections=job.run.concurrency,
+                max_response_bytes=endpoints[name].max_response_bytes,
             )
             for name, base_url in base_urls.items()
         }
