@@ -1,0 +1,139 @@
+"""Input files that fight back: types that change late, codes with leading zeros, bad bytes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+import pytest
+from helpers import job_text, run_cli, write_job
+
+import batchroute
+import batchroute.runner
+from batchroute.dataset import Dataset
+from batchroute.errors import DatasetError
+from batchroute.job import load_job
+from batchroute.sim import SimulatorHandle
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def _requests(sim: SimulatorHandle) -> int:
+    return sum(model["requests"] for model in sim.ledger()["models"].values())
+
+
+def _numbers_then_text(path: Path, *, rows: int, text_at: int) -> None:
+    values = [str(i) for i in range(rows)]
+    values[text_at] = "n/a"
+    frame = pl.DataFrame({"task_id": [f"t{i}" for i in range(rows)], "n": values})
+    frame.with_columns(text=pl.format("ticket {}", "n")).write_csv(path)
+
+
+def test_a_text_value_after_100_000_numbers_is_read_as_text(tmp_path: Path) -> None:
+    # pyarrow guessed int64 from its first block; the run died at row 100,000.
+    path = tmp_path / "late.csv"
+    _numbers_then_text(path, rows=110_000, text_at=100_000)
+    dataset = Dataset(path, id_column="task_id", batch_rows=4096)
+    assert dataset.schema["n"] == pl.String
+    values = [v for batch in dataset.batches() for v in batch.frame["n"].to_list()]
+    assert len(values) == 110_000 and values[100_000] == "n/a" and values[7] == "7"
+
+
+def test_ids_with_leading_zeros_stay_text_unless_the_job_says_int(tmp_path: Path) -> None:
+    path = tmp_path / "codes.csv"
+    path.write_text('id,zip,text\n007,01234,"two\nlines"\n008,20500,x\n010,30000,y\n')
+    dataset = Dataset(path, id_column="id", batch_rows=2)
+    assert [b.row_ids for b in dataset.batches()] == [["007", "008"], ["010"]]
+    assert dataset.schema["zip"] == pl.String
+    assert next(dataset.batches()).frame["text"][0] == "two\nlines"
+    typed = Dataset(path, id_column="id", batch_rows=8, column_types={"id": "int"})
+    assert [b.row_ids for b in typed.batches()] == [[7, 8, 10]]
+
+
+def test_a_value_that_does_not_fit_input_schema_stops_before_any_call(
+    tmp_path: Path, fresh_sim: SimulatorHandle
+) -> None:
+    _numbers_then_text(tmp_path / "tasks.csv", rows=300, text_at=250)
+    body = job_text(
+        base_url=fresh_sim.base_url,
+        data="tasks.csv",
+        route='strategy = "fixed"\nmodel = "t/cheap"',
+        input_extra='id = "task_id"\nprompt = "{text}"\nschema = { n = "int" }',
+    )
+    done = run_cli("run", write_job(tmp_path, body))
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().count("\n") == 0
+    assert "job.toml: input.path: " in done.stderr
+    assert "row 250: column 'n': 'n/a' is not int" in done.stderr
+    assert _requests(fresh_sim) == 0
+
+
+def test_input_schema_names_a_missing_column(tmp_path: Path, fresh_sim: SimulatorHandle) -> None:
+    _numbers_then_text(tmp_path / "tasks.csv", rows=3, text_at=1)
+    body = job_text(
+        base_url=fresh_sim.base_url,
+        data="tasks.csv",
+        route='strategy = "fixed"\nmodel = "t/cheap"',
+        input_extra='id = "task_id"\nprompt = "{text}"\nschema = { nn = "int" }',
+    )
+    done = run_cli("run", write_job(tmp_path, body))
+    assert done.returncode == 2
+    assert "input.schema names column 'nn', which is not in the file" in done.stderr
+
+
+def test_a_csv_that_is_not_utf8_names_its_line(tmp_path: Path, fresh_sim: SimulatorHandle) -> None:
+    (tmp_path / "tasks.csv").write_bytes(b'task_id,text\nt1,"a\nb"\nt2,caf\xe9 au lait\nt3,ok\n')
+    body = job_text(
+        base_url=fresh_sim.base_url,
+        data="tasks.csv",
+        route='strategy = "fixed"\nmodel = "t/cheap"',
+    )
+    done = run_cli("run", write_job(tmp_path, body))
+    assert done.returncode == 2
+    assert done.stderr.strip().endswith(
+        "tasks.csv: line 4, byte 7: not valid UTF-8 (b'\\xe9'); save the file as UTF-8"
+    ), done.stderr
+    assert "job.toml: input.path: " in done.stderr
+    assert _requests(fresh_sim) == 0
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="runner.py aborts both output sinks when the dataset raises mid-stream; the"
+    " producer must stop, let the queued batches finish and be written, then re-raise",
+)
+def test_a_value_that_turns_bad_mid_stream_keeps_the_rows_already_paid_for(
+    tmp_path: Path, fresh_sim: SimulatorHandle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The file changes after the check pass read it (another program writing it): the row
+    that no longer converts is named, and the batches answered before it are written."""
+    rows, bad_row = 1000, 900
+    pad = "x" * 2000  # 2 MB of rows, so pyarrow reads the file in more than one block
+    frame = pl.DataFrame({"task_id": [f"t{i}" for i in range(rows)], "n": list(range(rows))})
+    frame = frame.with_columns(text=pl.lit(pad))
+    path = tmp_path / "tasks.csv"
+    frame.write_csv(path)
+    real_prepare = batchroute.runner.prepare
+
+    def prepare_then_change_the_file(*args: object, **kwargs: object) -> object:
+        prepared = real_prepare(*args, **kwargs)  # type: ignore[arg-type]
+        changed = frame.with_columns(n=pl.col("n").cast(pl.String))
+        changed[bad_row, "n"] = "n/a"
+        changed.write_csv(path)
+        return prepared
+
+    monkeypatch.setattr(batchroute.runner, "prepare", prepare_then_change_the_file)
+    body = job_text(
+        base_url=fresh_sim.base_url,
+        data="tasks.csv",
+        route='strategy = "fixed"\nmodel = "t/cheap"',
+        input_extra='id = "task_id"\nprompt = "{n}"\nbatch_rows = 50',
+    )
+    job = load_job(write_job(tmp_path, body))
+    with pytest.raises(DatasetError, match=r"row 900: column 'n': 'n/a' is not int"):
+        batchroute.run(job)
+    paid = _requests(fresh_sim)
+    assert paid > 0
+    results = pl.read_parquet(tmp_path / "out/results.parquet")
+    assert results.height > 0 and results.height <= paid
+    assert (results["status"] == "ok").all()
