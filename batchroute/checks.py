@@ -16,10 +16,11 @@ import math
 import re
 import string
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import urljoin
 
 import anyio
 
@@ -122,7 +123,8 @@ class JsonSchemaCheck:
 
         validator_class = jsonschema.validators.validator_for(schema)
         validator_class.check_schema(schema)
-        self._validator = validator_class(schema)
+        registry = _closed_registry(schema, validator_class=validator_class)
+        self._validator = validator_class(schema, registry=registry)
         self._best_match = jsonschema.exceptions.best_match
         self._seen: dict[str, Verdict] = {}
 
@@ -150,6 +152,58 @@ class JsonSchemaCheck:
             return Verdict(True)
         where = "/".join(str(p) for p in error.absolute_path)
         return Verdict(False, f"schema: {error.message}" + (f" at /{where}" if where else ""))
+
+
+class RemoteRefError(ValueError):
+    """A `$ref` of a json_schema check points outside the schema."""
+
+
+def _closed_registry(schema: dict[str, Any], *, validator_class: Any) -> Any:
+    """A registry holding only `schema` (and the subschemas it names by `$id`); raises
+    RemoteRefError for a `$ref` that resolves to anything else.
+
+    Without a registry, jsonschema fetched a remote `$ref` (http, file) on every answer it
+    validated: a network call or a file read per row. A `Registry` built without a
+    `retrieve` function retrieves nothing, so nothing is fetched even if a reference were
+    missed here; this walk makes such a reference a configuration error before the run.
+    """
+    from jsonschema_specifications import REGISTRY as META_SCHEMAS
+    from referencing import Registry, Resource
+    from referencing.exceptions import Unresolvable
+    from referencing.jsonschema import specification_with
+
+    dialect = specification_with(validator_class.META_SCHEMA.get("$schema", ""))
+    root = Resource.from_contents(schema, default_specification=dialect)
+    base = root.id() or ""
+    # The published meta-schemas come bundled (a `$ref` to one reads no network either).
+    registry: Registry[Any] = META_SCHEMAS.with_resource(base, root).crawl()
+    for scope, ref in _refs(schema, base=base):
+        try:
+            registry.resolver(base_uri=scope).lookup(ref)
+        except Unresolvable:
+            raise RemoteRefError(
+                f"$ref {ref!r} points outside the schema; only references within it"
+                " ('#/$defs/NAME') are resolved"
+            ) from None
+    return registry
+
+
+_DATA_KEYWORDS = frozenset({"enum", "const", "examples", "default"})  # values, not schemas
+
+
+def _refs(node: Any, *, base: str) -> Iterator[tuple[str, str]]:
+    """Every `$ref` and `$dynamicRef` of a schema, with the base URI it resolves against."""
+    if isinstance(node, dict):
+        if isinstance(node.get("$id"), str):
+            base = urljoin(base, node["$id"])
+        for key, value in node.items():
+            if key in ("$ref", "$dynamicRef") and isinstance(value, str):
+                yield base, value
+            elif key not in _DATA_KEYWORDS:
+                yield from _refs(value, base=base)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _refs(item, base=base)
 
 
 class RegexCheck:
@@ -374,3 +428,5 @@ def build_check(config: CheckConfig | None, *, params: Params) -> Check | None:
         return JsonSchemaCheck(schema)
     except jsonschema.exceptions.SchemaError as exc:
         raise ValueError(f"schema: not a valid JSON schema: {exc.message}") from None
+    except RemoteRefError as exc:
+        raise ValueError(f"schema: {exc}") from None

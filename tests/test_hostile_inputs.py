@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import http.server
+import json
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import polars as pl
 import pytest
-from helpers import job_text, run_cli, write_job
+from helpers import job_text, run_cli, write_job, write_tasks
 
 import batchroute
 import batchroute.runner
@@ -137,3 +141,90 @@ def test_a_value_that_turns_bad_mid_stream_keeps_the_rows_already_paid_for(
     results = pl.read_parquet(tmp_path / "out/results.parquet")
     assert results.height > 0 and results.height <= paid
     assert (results["status"] == "ok").all()
+
+
+# --- a json_schema check's $ref stays inside the schema -----------------------------------
+
+
+@pytest.fixture
+def schema_server() -> Iterator[tuple[str, list[str]]]:
+    """A real HTTP server on 127.0.0.1 that serves a schema and counts the GETs it gets."""
+    gets: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            gets.append(self.path)
+            body = json.dumps({"type": "string"}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/label.json", gets
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+JSON_ANSWERS = """
+[params]
+max_tokens = 50
+response_format = {{ type = "json_object" }}
+
+[check]
+type = "json_schema"
+schema = {{ type = "object", properties = {{ answer = {{ "$ref" = "{ref}" }} }} }}
+"""
+
+
+@pytest.mark.parametrize("kind", ["http", "file"])
+def test_a_remote_ref_in_a_json_schema_check_is_a_config_error_and_nothing_is_fetched(
+    kind: str,
+    tmp_path: Path,
+    fresh_sim: SimulatorHandle,
+    schema_server: tuple[str, list[str]],
+) -> None:
+    url, gets = schema_server
+    (tmp_path / "label.json").write_text('{"type": "string"}')
+    ref = url if kind == "http" else (tmp_path / "label.json").as_uri()
+    write_tasks(tmp_path, 5)
+    body = job_text(
+        base_url=fresh_sim.base_url,
+        route='strategy = "cascade"\ntiers = ["t/cheap", "t/strong"]',
+        extra=JSON_ANSWERS.format(ref=ref),
+    )
+    done = run_cli("run", write_job(tmp_path, body))
+    assert done.returncode == 2, done.stderr
+    line = done.stderr.strip()
+    assert "\n" not in line
+    assert f"job.toml: check.schema: $ref '{ref}' points outside the schema" in line
+    assert gets == []
+    assert _requests(fresh_sim) == 0
+
+
+def test_a_ref_within_the_schema_still_validates(
+    tmp_path: Path, fresh_sim: SimulatorHandle
+) -> None:
+    write_tasks(tmp_path, 6)
+    extra = JSON_ANSWERS.format(ref="#/$defs/text").replace(
+        'type = "object", properties',
+        '"$defs" = { text = { type = "string" } }, type = "object", properties',
+    )
+    body = job_text(
+        base_url=fresh_sim.base_url,
+        route='strategy = "cascade"\ntiers = ["t/cheap", "t/strong"]',
+        extra=extra,
+    )
+    done = run_cli("run", write_job(tmp_path, body))
+    assert done.returncode == 0, done.stderr
+    results = pl.read_parquet(tmp_path / "out/results.parquet")
+    assert results.height == 6 and results["check_passed"].is_not_null().all()
