@@ -10,12 +10,14 @@ must pass, and the answer-only ones run first so a malformed answer never costs 
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import math
 import re
 import string
 import sys
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -23,6 +25,8 @@ from typing import Any, Protocol
 from urllib.parse import urljoin
 
 import anyio
+import anyio.from_thread
+import anyio.lowlevel
 
 from batchroute.check_config import CheckConfig, parse_json_path
 from batchroute.job import Params
@@ -301,21 +305,32 @@ class LengthCheck:
 
 
 class PythonCheck:
-    """A user function `f(row, answer)` returning a bool or (bool, reason), on a worker thread.
+    """A user function `f(row, answer)` returning a bool or (bool, reason), on its own thread,
+    for at most `timeout_s`.
 
     A thread, because "run the tests on this code" may take seconds and must not stall the
-    event loop that all other rows share.
+    event loop that all other rows share. A thread cannot be stopped: past the timeout the
+    check fails with reason "timeout" and the row moves on while the function runs to its
+    end in the background (a daemon thread, so a stuck one does not hold the process open).
+    A subprocess could be killed, but would need the function, the row and the answer to be
+    picklable and pay a process start (or a pool's upkeep) per check; a check that truly
+    hangs is rarer than one that is slow, and the timeout bounds what the run waits for.
     """
 
     name = "python"
 
-    def __init__(self, function: Callable[..., Any], *, reference: str) -> None:
+    def __init__(
+        self, function: Callable[..., Any], *, reference: str, timeout_s: float = 60.0
+    ) -> None:
         self._function = function
         self._reference = reference
+        self._timeout_s = timeout_s
 
     async def verify(self, subject: Subject, *, grader: Grader) -> Verdict:
-        outcome = await anyio.to_thread.run_sync(self._function, dict(subject.row), subject.answer)
-        return self.read(outcome)
+        call = _ThreadCall(self._function, dict(subject.row), subject.answer)
+        with anyio.move_on_after(self._timeout_s):
+            return self.read(await call.result())
+        return Verdict(False, f"timeout: {self._reference} ran past {self._timeout_s:g} s")
 
     def read(self, outcome: Any) -> Verdict:
         if isinstance(outcome, bool):
@@ -332,23 +347,67 @@ class PythonCheck:
         return Verdict(False, f"{self._reference} returned {kind}, not a bool or (bool, reason)")
 
 
-def import_function(reference: str, *, base_dir: Path | None) -> Callable[..., Any]:
-    """Import `module:function`, with the job's directory first on sys.path.
+class _ThreadCall:
+    """`function(*args)` on a new daemon thread; `result()` waits for it without blocking
+    the event loop, and can be cancelled, which leaves the thread to finish alone."""
 
-    Raises ValueError with a message for the job file's error line.
+    def __init__(self, function: Callable[..., Any], *args: Any) -> None:
+        self._done = anyio.Event()
+        self._token = anyio.lowlevel.current_token()
+        self._outcome: tuple[bool, Any] = (False, None)
+        thread = threading.Thread(target=self._run, args=(function, *args), daemon=True)
+        thread.start()
+
+    def _run(self, function: Callable[..., Any], *args: Any) -> None:
+        try:
+            self._outcome = (True, function(*args))
+        except BaseException as exc:  # the user's code: handed to the waiting task
+            self._outcome = (False, exc)
+        try:
+            anyio.from_thread.run_sync(self._done.set, token=self._token)
+        except RuntimeError:
+            pass  # the event loop has ended: nobody waits for this result any more
+
+    async def result(self) -> Any:
+        await self._done.wait()
+        finished, value = self._outcome
+        if not finished:
+            raise value
+        return value
+
+
+def import_function(reference: str, *, base_dir: Path | None) -> Callable[..., Any]:
+    """Import `module:function`, looking first in the job's directory.
+
+    The directory is first on sys.path only while the module imports (a check's module may
+    import its siblings at the top); it is not left there for every later import of the
+    process to find. Raises ValueError with a message for the job file's error line.
     """
     module_name, _, attribute = reference.partition(":")
-    if base_dir is not None and str(base_dir) not in sys.path:
-        # The documented place for a job's own checks is beside the job file.
-        sys.path.insert(0, str(base_dir))
     try:
-        module = importlib.import_module(module_name)
+        with _IMPORT_LOCK, _first_on_path(base_dir):
+            module = importlib.import_module(module_name)
     except Exception as exc:  # the user's module runs at import: any error is a config error
         raise ValueError(f"cannot import {module_name!r}: {type(exc).__name__}: {exc}") from None
     function = getattr(module, attribute, None)
     if not callable(function):
         raise ValueError(f"{module_name!r} has no function {attribute!r}")
     return function
+
+
+_IMPORT_LOCK = threading.Lock()  # sys.path is the process's: one scoped change at a time
+
+
+@contextlib.contextmanager
+def _first_on_path(directory: Path | None) -> Iterator[None]:
+    if directory is None or str(directory) in sys.path:
+        yield
+        return
+    sys.path.insert(0, str(directory))
+    try:
+        yield
+    finally:
+        sys.path.remove(str(directory))
 
 
 class CheckSuite:

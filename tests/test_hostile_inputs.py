@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +15,7 @@ from helpers import job_text, run_cli, write_job, write_tasks
 
 import batchroute
 import batchroute.runner
+from batchroute.checks import import_function
 from batchroute.dataset import Dataset
 from batchroute.errors import DatasetError
 from batchroute.job import load_job
@@ -228,3 +230,58 @@ def test_a_ref_within_the_schema_still_validates(
     assert done.returncode == 0, done.stderr
     results = pl.read_parquet(tmp_path / "out/results.parquet")
     assert results.height == 6 and results["check_passed"].is_not_null().all()
+
+
+# --- a python check: bounded in time, and no lasting change to sys.path --------------------
+
+SLOW_CHECKS = """
+import threading
+
+def stuck(row, answer):
+    threading.Event().wait()  # never returns
+    return True
+"""
+
+
+def test_a_python_check_past_its_timeout_fails_with_timeout_and_the_run_ends(
+    tmp_path: Path, fresh_sim: SimulatorHandle
+) -> None:
+    write_tasks(tmp_path, 4)
+    (tmp_path / "slow_checks.py").write_text(SLOW_CHECKS, encoding="utf-8")
+    body = job_text(
+        base_url=fresh_sim.base_url,
+        route='strategy = "cascade"\ntiers = ["t/cheap", "t/strong"]',
+        extra='[check]\ntype = "python"\nfunction = "slow_checks:stuck"\ntimeout_s = 0.2\n',
+    )
+    done = run_cli("run", write_job(tmp_path, body))  # ends although four threads are stuck
+    assert done.returncode == 0, done.stderr
+    results = pl.read_parquet(tmp_path / "out/results.parquet")
+    assert results["escalated"].all() and not results["check_passed"].any()
+    reason = "python failed on t/cheap: timeout: slow_checks:stuck ran past 0.2 s"
+    assert results["escalation_reason"].to_list() == [reason] * 4
+
+
+def test_timeout_s_belongs_to_python_checks(tmp_path: Path, fresh_sim: SimulatorHandle) -> None:
+    write_tasks(tmp_path, 2)
+    body = job_text(
+        base_url=fresh_sim.base_url,
+        route='strategy = "fixed"\nmodel = "t/cheap"',
+        extra='[check]\ntype = "regex"\npattern = "x"\ntimeout_s = 3\n',
+    )
+    done = run_cli("run", write_job(tmp_path, body))
+    assert done.returncode == 2
+    assert "check: 'timeout_s' does not apply to a regex check" in done.stderr
+
+
+def test_importing_a_check_leaves_sys_path_as_it_was(tmp_path: Path) -> None:
+    folder = tmp_path / "job_folder"
+    folder.mkdir()
+    (folder / "helper_mod_41.py").write_text("WORD = 'ok'\n", encoding="utf-8")
+    (folder / "checks_mod_41.py").write_text(
+        "from helper_mod_41 import WORD\n\ndef good(row, answer):\n    return answer == WORD\n",
+        encoding="utf-8",
+    )
+    before = list(sys.path)
+    function = import_function("checks_mod_41:good", base_dir=folder)
+    assert function({}, "ok") is True
+    assert sys.path == before
