@@ -9,6 +9,7 @@ that does not fit its column stops the run before it pays for anything, naming t
 from __future__ import annotations
 
 import codecs
+import itertools
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -64,8 +65,8 @@ class CsvLayout:
             # dates; text keeps its empty strings (the prompt names an empty column).
             null_values=[""],
             quoted_strings_can_be_null=True,
-            true_values=["true", "True", "TRUE"],
-            false_values=["false", "False", "FALSE"],
+            true_values=_every_case("true"),
+            false_values=_every_case("false"),
         )
         # Quoted fields may span lines (prompts often do); polars reads them so, and so must
         # this reader, or the two would count different rows.
@@ -75,6 +76,11 @@ class CsvLayout:
             path, read_options=read, parse_options=parse, convert_options=convert
         ) as stream:
             yield stream
+
+
+def _every_case(word: str) -> list[str]:
+    """polars reads `true` in any case (`tRuE`); pyarrow takes a list of spellings."""
+    return ["".join(s) for s in itertools.product(*((c.lower(), c.upper()) for c in word))]
 
 
 def require_utf8(path: Path, *, where: str) -> None:
@@ -129,9 +135,13 @@ def infer_layout(path: Path, *, overrides: Mapping[str, ColumnType], where: str)
     return CsvLayout(types)
 
 
+_FITS_INT64 = (pl.Int8, pl.Int16, pl.Int32, pl.Int64, pl.UInt8, pl.UInt16, pl.UInt32)
+
+
 def _kind(dtype: pl.DataType) -> ColumnType:
     if dtype.is_integer():
-        return "int"
+        # Digits past int64 (polars guesses Int128) are kept exactly, as text.
+        return "int" if dtype in _FITS_INT64 else "str"
     if dtype.is_float():
         return "float"
     if dtype == pl.Boolean:

@@ -54,6 +54,11 @@ def test_ids_with_leading_zeros_stay_text_unless_the_job_says_int(tmp_path: Path
     assert next(dataset.batches()).frame["text"][0] == "two\nlines"
     typed = Dataset(path, id_column="id", batch_rows=8, column_types={"id": "int"})
     assert [b.row_ids for b in typed.batches()] == [[7, 8, 10]]
+    huge = tmp_path / "huge.csv"
+    huge.write_text("n\n99999999999999999999\n3\n")  # past int64: kept as the digits
+    assert next(Dataset(huge, id_column=None, batch_rows=8).batches()).frame["n"][0] == (
+        "99999999999999999999"
+    )
 
 
 def test_a_value_that_does_not_fit_input_schema_stops_before_any_call(
