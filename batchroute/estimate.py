@@ -8,7 +8,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from batchroute.dataset import Dataset
+from batchroute.dataset import open_dataset
 from batchroute.job import Job
 from batchroute.preflight import RunOptions
 from batchroute.prompts import BadRowInput, build_messages, estimate_prompt_tokens
@@ -43,7 +43,7 @@ def estimate(job: Job, *, escalation_rate: float) -> tuple[int, list[TierEstimat
     rows are shared evenly between the plans its labels can pick. Each tier after a plan's
     first sees `escalation_rate` of the rows of the tier before it.
     """
-    dataset = Dataset(job.input.path, id_column=job.input.id, batch_rows=job.input.batch_rows)
+    dataset = open_dataset(job)
     prompt, system = job.input.template(), job.input.system_template()
     router = build_router(job)
     tallies: dict[tuple[str, int, str], _Tally] = {}
@@ -160,7 +160,7 @@ def sample(job: Job, *, rows: int) -> SampleEstimate:
     extrapolate cost and escalation to the whole dataset with 95% intervals."""
     from batchroute.runner import run
 
-    total = Dataset(job.input.path, id_column=job.input.id, batch_rows=job.input.batch_rows)
+    total = open_dataset(job)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "sample.parquet"
         sampled = job.model_copy(

@@ -25,6 +25,8 @@ from batchroute.prompts import PromptTemplate
 
 EMBEDDED = "embedded"
 DEFAULT_ENDPOINT = "default"  # the name of the job's own [endpoint] among [endpoints]
+# The types `input.schema` may give a CSV column (csv_input.py maps them to Arrow and polars).
+ColumnType = Literal["str", "int", "float", "bool", "date"]
 
 
 class _Section(BaseModel):
@@ -38,6 +40,8 @@ class InputConfig(_Section):
     system: str | None = None
     messages: str | None = None  # a column holding a JSON list of chat messages
     batch_rows: Annotated[int, Field(gt=0)] = 2048
+    # CSV only: a column's type, over what is inferred from the file (`{ zip = "str" }`).
+    schema_: Annotated[dict[str, ColumnType], Field(alias="schema")] = {}
 
     @field_validator("prompt", "system")
     @classmethod
