@@ -32,7 +32,7 @@ class Budget:
         """Worst-case charge of one call: the price table, else the dearest call seen so far."""
         prices = self._job.model(model).usd_per_mtok
         if prices is not None:
-            return (prompt_tokens * prices.input + max_tokens * prices.output) / 1_000_000
+            return prices.cost(prompt_tokens, max_tokens)
         if model in self._largest_seen:
             return self._largest_seen[model]
         return max(self._largest_seen.values(), default=None)
@@ -57,8 +57,9 @@ class Budget:
             if self.spent_usd + self.in_flight_usd + estimate > self._limit:
                 self._control.stop(
                     BudgetReached(
-                        f"budget ${self._limit:g} reached: ${self.spent_usd:.4f} spent, the"
-                        f" next call could cost ${estimate:.4f}"
+                        f"budget ${self._limit:g} reached: ${self.spent_usd:.4f} spent,"
+                        f" ${self.in_flight_usd:.4f} in flight, the next call could cost"
+                        f" ${estimate:.4f}"
                     )
                 )
                 return None
@@ -75,6 +76,12 @@ class Budget:
         self.spent_usd += charge_usd
         if charge_usd > self._largest_seen.get(model, 0.0):
             self._largest_seen[model] = charge_usd
+
+    def add_doubtful_spend(self, model: str, priced_usd: float | None) -> None:
+        """A call whose charge header was not a usable amount: count the larger of its price
+        and the dearest call seen, so a lying header can never widen the budget."""
+        dearest = max(self._largest_seen.values(), default=0.0)
+        self.add_spend(model, max(priced_usd or 0.0, dearest))
 
     def note_balance(self, balance_usd: float | None) -> None:
         if balance_usd is None or self._min_balance is None:

@@ -7,38 +7,41 @@ place; what an answer means is decided once, in `classify`.
 
 from __future__ import annotations
 
+import logging
+import math
 import random
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 
 from batchroute.budget import Budget
+from batchroute.completion import BadResponse, Completion, parse_completion
 from batchroute.control import RunControl
 from batchroute.errors import AuthRejected, BudgetReached, CallFailure, FailureKind, RunStopped
 from batchroute.job import Job
 from batchroute.limits import Limits, TokenReservation
 from batchroute.prompts import Message, estimate_prompt_tokens
-from batchroute.records import HEADER, PRICE_TABLE, UNKNOWN, CallRecord
+from batchroute.records import ANSWER, HEADER, INVALID_HEADER, PRICE_TABLE, UNKNOWN, CallRecord
+from batchroute.redact import Redactor
 from batchroute.retry import RetryPolicy, parse_retry_after
 from batchroute.store import CallCache, StoredCall
 from batchroute.transport import (
     Reply,
+    ResponseTooLarge,
     Transport,
     TransportError,
     TransportTimeout,
-    reply_from_sdk_error,
 )
-
-if TYPE_CHECKING:
-    import openai
 
 # Codes that mean "this model cannot take this request, another might" rather than "the
 # request is wrong": the fallback model may have a longer context or actually exist.
 _FALLBACK_ERROR_CODES = {"context_length_exceeded", "model_not_found"}
+
+log = logging.getLogger("batchroute")
 
 
 @dataclass(slots=True)
@@ -52,16 +55,17 @@ class TierOutcome:
     failure: CallFailure | None = None
 
 
-def classify(reply: Reply) -> CallFailure | None:
+def classify(reply: Reply, *, redact: Callable[[str], str] = str) -> CallFailure | None:
     """What an HTTP answer means for the call: None for a 2xx, else what to do about it.
 
-    The only place that decides; both transports' answers come through here.
+    The only place that decides; both transports' answers come through here. The server's
+    message passes `redact` before it is cut to one line, so no part of a secret survives.
     """
     status = reply.status
     if 200 <= status < 300:
         return None
     error = reply.error
-    message = _one_line(str(error.get("message") or reply.text or f"HTTP {status}"))
+    message = _one_line(redact(str(error.get("message") or reply.text or f"HTTP {status}")))
     error_kind = f"http_{status}"
     if status in (401, 403):
         return CallFailure(FailureKind.FATAL, error_kind, message, status)
@@ -80,21 +84,54 @@ def classify(reply: Reply) -> CallFailure | None:
 
 
 def classify_transport_error(exc: TransportError) -> CallFailure:
-    """No HTTP answer: a timeout or a failed connection, both worth another try."""
+    """No usable HTTP answer: a timeout or a failed connection, both worth another try, or a
+    body over the size cap."""
+    if isinstance(exc, ResponseTooLarge):
+        # Not retried: the same request to the same model would most likely bring the same
+        # oversized answer, paid again each time; another model (a fallback) may answer
+        # within the cap, so it moves on as a model that cannot serve the request does.
+        return CallFailure(FailureKind.FALLBACK, "response_too_large", str(exc))
     if isinstance(exc, TransportTimeout):
         return CallFailure(FailureKind.RETRYABLE, "timeout", "request timed out")
     return CallFailure(FailureKind.RETRYABLE, "connection", _one_line(str(exc)))
 
 
-def classify_exception(exc: openai.APIError) -> CallFailure:
-    """What an openai SDK exception means, by the same rules as `classify`."""
-    try:
-        reply = reply_from_sdk_error(exc)
-    except TransportError as error:
-        return classify_transport_error(error)
-    return classify(reply) or CallFailure(
-        FailureKind.RETRYABLE, "bad_response", _one_line(exc.message)
-    )
+class _Invalid:
+    """A header that was sent but is not a usable amount."""
+
+
+_INVALID = _Invalid()
+
+
+@dataclass(frozen=True, slots=True)
+class CallRequest:
+    """One call to make: for which row and tier, to which model, with what, and why."""
+
+    row_id: object
+    tier: int
+    model: str
+    messages: list[Message]
+    params: dict[str, Any]
+    purpose: str = ANSWER
+    shadow: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Charge:
+    """What one call cost and where that figure came from; the balance it reported."""
+
+    usd: float | None
+    source: str
+    balance_usd: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Attempt:
+    """One attempt's end: its record (None when it was never sent) and answer or failure."""
+
+    record: CallRecord | None
+    answer: str | None = None
+    failure: CallFailure | None = None
 
 
 class Caller:
@@ -122,8 +159,11 @@ class Caller:
             max_attempts=job.run.max_attempts,
             base_s=job.run.backoff_base_s,
             max_backoff_s=job.run.backoff_max_s,
+            max_retry_after_s=job.run.max_retry_after_s,
         )
         self._endpoints = job.all_endpoints()
+        self._warned: set[tuple[str, str]] = set()  # (endpoint, header) warned about this run
+        self._redact = Redactor.from_job(job)
 
     async def call_tier(
         self,
@@ -133,20 +173,26 @@ class Caller:
         model: str,
         messages: list[Message],
         params: dict[str, Any],
+        purpose: str = ANSWER,
+        shadow: bool = False,
     ) -> TierOutcome:
         """Try `model`, retrying what is retryable, then each of its fallbacks in order.
 
         A stored answer for the model or one of its fallbacks is used before any HTTP call:
-        on resume that is the answer this run already paid for.
+        on resume that is the answer this run already paid for. Every record carries
+        `purpose` and `shadow`, the reason the call was made.
         """
         outcome = TierOutcome()
-        candidates = (model, *self._job.model(model).fallbacks)
+        first = CallRequest(row_id, tier, model, messages, params, purpose, shadow)
+        candidates = [
+            replace(first, model=name) for name in (model, *self._job.model(model).fallbacks)
+        ]
         if self._cache.reads:
-            for position, name in enumerate(candidates):
-                stored = await self._cache.find(self._cache.key(name, messages, params))
+            for position, request in enumerate(candidates):
+                stored = await self._cache.find(self._cache.key(request.model, messages, params))
                 if stored is not None:
-                    outcome.records.append(self._replayed(stored, row_id, tier=tier))
-                    outcome.answer, outcome.model = stored.answer, name
+                    outcome.records.append(self._replayed(stored, request))
+                    outcome.answer, outcome.model = stored.answer, request.model
                     outcome.fallback_used = position > 0
                     return outcome
             if self._cache.offline:
@@ -154,55 +200,51 @@ class Caller:
                     FailureKind.SKIP, "not_cached", "offline, and no stored answer"
                 )
                 return outcome
-        for position, name in enumerate(candidates):
+        for position, request in enumerate(candidates):
             for attempt in range(1, self._policy.max_attempts + 1):
                 if self._control.stop_error is not None:
                     outcome.failure = _skipped(self._control.stop_error)
                     return outcome
-                record, answer, failure = await self._attempt(
-                    row_id,
-                    tier=tier,
-                    model=name,
-                    attempt=attempt,
-                    messages=messages,
-                    params=params,
-                )
-                if record is not None:
-                    outcome.records.append(record)
+                result = await self._attempt(request, attempt=attempt)
+                if result.record is not None:
+                    outcome.records.append(result.record)
+                failure = result.failure
                 if failure is None:
-                    assert record is not None and answer is not None
-                    outcome.answer, outcome.model = answer, name
+                    assert result.record is not None and result.answer is not None
+                    outcome.answer, outcome.model = result.answer, request.model
                     outcome.fallback_used = position > 0
                     outcome.failure = None  # earlier attempts' failures were overcome
                     if self._cache.writes:
                         # Hashed here, for the model that answered, not for every fallback.
-                        key = self._cache.key(name, messages, params)
+                        key = self._cache.key(request.model, messages, params)
                         await self._cache.remember(
-                            _to_store(key, record, answer, self._cache.run_id)
+                            _to_store(key, result.record, result.answer, self._cache.run_id)
                         )
                     return outcome
                 outcome.failure = failure
                 if failure.kind is FailureKind.FATAL:
-                    self._control.stop(_stop_error(failure, self._job))
+                    self._control.stop(_stop_error(failure, self._job, model=request.model))
                     return outcome
                 if failure.kind in (FailureKind.ROW, FailureKind.SKIP):
                     return outcome
                 if failure.kind is FailureKind.FALLBACK:
                     break
                 if attempt < self._policy.max_attempts:
-                    await anyio.sleep(
-                        self._policy.delay(
-                            attempt, retry_after_s=failure.retry_after_s, rng=self._rng
-                        )
+                    delay = self._policy.delay(
+                        attempt, retry_after_s=failure.retry_after_s, rng=self._rng
                     )
+                    # Not a bare sleep: when the run stops (Ctrl-C, the budget) the wait
+                    # ends at once, and the loop's next turn records the row as skipped.
+                    with anyio.move_on_after(delay):
+                        await self._control.stopping.wait()
         return outcome
 
-    def _replayed(self, stored: StoredCall, row_id: object, *, tier: int) -> CallRecord:
+    def _replayed(self, stored: StoredCall, request: CallRequest) -> CallRecord:
         """A stored call as this run records it: the original charge, `cached` unless it was
         this very run (a resume) that paid for it."""
         return CallRecord(
-            row_id=row_id,
-            tier=tier,
+            row_id=request.row_id,
+            tier=request.tier,
             model=stored.model,
             attempt=1,
             started_at=datetime.now(UTC),
@@ -214,132 +256,149 @@ class Caller:
             cost_source=stored.cost_source or UNKNOWN,
             request_id=stored.request_id,
             cached=stored.run_id != self._cache.run_id,
+            purpose=request.purpose,
+            shadow=request.shadow,
             mean_logprob=stored.mean_logprob,
         )
 
-    async def _attempt(
-        self,
-        row_id: object,
-        *,
-        tier: int,
-        model: str,
-        attempt: int,
-        messages: list[Message],
-        params: dict[str, Any],
-    ) -> tuple[CallRecord | None, str | None, CallFailure | None]:
-        max_tokens = params.get("max_tokens") or self._job.run.default_max_tokens
-        prompt_tokens = estimate_prompt_tokens(messages)
-        async with self._limits[model].call(prompt_tokens + max_tokens) as reservation:
+    async def _attempt(self, request: CallRequest, *, attempt: int) -> _Attempt:
+        max_tokens = request.params.get("max_tokens") or self._job.run.default_max_tokens
+        prompt_tokens = estimate_prompt_tokens(request.messages)
+        async with self._limits[request.model].call(prompt_tokens + max_tokens) as reservation:
             # Admitted after the limiter's wait, right before sending: the spend is current.
             cost_estimate = await self._budget.admit(
-                model, prompt_tokens=prompt_tokens, max_tokens=max_tokens
+                request.model, prompt_tokens=prompt_tokens, max_tokens=max_tokens
             )
             if cost_estimate is None:
                 assert self._control.stop_error is not None
-                return None, None, _skipped(self._control.stop_error)
+                return _Attempt(None, failure=_skipped(self._control.stop_error))
             try:
-                return await self._send(
-                    row_id,
-                    tier=tier,
-                    model=model,
-                    attempt=attempt,
-                    messages=messages,
-                    params=params,
-                    reservation=reservation,
-                )
+                return await self._send(request, attempt=attempt, reservation=reservation)
             finally:
                 # Also when cancelled mid-call (an interrupt): the estimate leaves the books.
                 self._budget.release(cost_estimate)
 
     async def _send(
-        self,
-        row_id: object,
-        *,
-        tier: int,
-        model: str,
-        attempt: int,
-        messages: list[Message],
-        params: dict[str, Any],
-        reservation: TokenReservation,
-    ) -> tuple[CallRecord, str | None, CallFailure | None]:
+        self, request: CallRequest, *, attempt: int, reservation: TokenReservation
+    ) -> _Attempt:
         started_at = datetime.now(UTC)
         t0 = time.perf_counter()
         reply: Reply | None = None
         try:
-            transport = self._transports[self._job.endpoint_name(model)]
-            reply = await transport.chat({"model": model, "messages": messages, **params})
-            failure = classify(reply)
+            transport = self._transports[self._job.endpoint_name(request.model)]
+            payload = {"model": request.model, "messages": request.messages, **request.params}
+            reply = await transport.chat(payload)
+            failure = classify(reply, redact=self._redact)
         except TransportError as exc:
             failure = classify_transport_error(exc)
-        headers: Mapping[str, str] = reply.headers if reply is not None else {}
-        status_code = reply.status if reply is not None else None
         latency = time.perf_counter() - t0
-
+        headers: Mapping[str, str] = reply.headers if reply is not None else {}
+        completion: Completion | None = None
+        if failure is None and reply is not None:
+            completion, failure = _read_completion(reply.body, headers.get("x-request-id"))
+        if failure is not None:
+            # A server may echo the request's Authorization header or the key in its error;
+            # the message goes to the calls table, the row's error and the terminal.
+            failure = replace(failure, message=self._redact(failure.message))
+        reservation.settle(completion.total_tokens if completion is not None else None)
+        charge = self._charge(request.model, headers, completion)
         record = CallRecord(
-            row_id=row_id,
-            tier=tier,
-            model=model,
+            row_id=request.row_id,
+            tier=request.tier,
+            model=request.model,
             attempt=attempt,
             started_at=started_at,
             latency_s=latency,
-            status_code=status_code,
-            request_id=headers.get("x-request-id"),
+            status_code=reply.status if reply is not None else None,
+            error_kind=failure.error_kind if failure is not None else None,
+            error=failure.message if failure is not None else None,
+            retry_after_s=failure.retry_after_s if failure is not None else None,
+            prompt_tokens=completion.prompt_tokens if completion is not None else None,
+            completion_tokens=completion.completion_tokens if completion is not None else None,
+            charge_usd=charge.usd,
+            cost_source=charge.source,
+            balance_usd=charge.balance_usd,
+            request_id=(
+                completion.request_id if completion is not None else headers.get("x-request-id")
+            ),
+            purpose=request.purpose,
+            shadow=request.shadow,
+            mean_logprob=completion.mean_logprob if completion is not None else None,
         )
-        answer = None
-        if failure is None and reply is not None:
-            answer, failure = _read_completion(reply.body, record)
-        reservation.settle(_total_tokens(record))
-        self._charge(record, headers)
-        if failure is not None:
-            record.error_kind, record.error = failure.error_kind, failure.message
-            record.retry_after_s = failure.retry_after_s
-        return record, answer, failure
+        answer = completion.text if completion is not None and failure is None else None
+        return _Attempt(record, answer, failure)
 
-    def _charge(self, record: CallRecord, headers: Mapping[str, str]) -> None:
-        """The provider's charge header when sent, else the price table times usage."""
-        endpoint_name = self._job.endpoint_name(record.model)
+    def _charge(
+        self, model: str, headers: Mapping[str, str], completion: Completion | None
+    ) -> Charge:
+        """The provider's charge header when sent, else the price table times usage; booked
+        on the budget once, here."""
+        endpoint_name = self._job.endpoint_name(model)
         endpoint = self._endpoints[endpoint_name]
-        charged = _float_header(headers, endpoint.charge_header)
-        balance = _float_header(headers, endpoint.balance_header)
-        record.balance_usd = balance
+        charged = self._money_header(headers, endpoint.charge_header, endpoint_name)
+        # A balance that is not a number is ignored: it must neither stop nor unstop the run.
+        sent_balance = self._money_header(headers, endpoint.balance_header, endpoint_name)
+        balance = sent_balance if isinstance(sent_balance, float) else None
         self._control.note_balance(endpoint_name, balance)
         self._budget.note_balance(balance)
-        if charged is not None:
-            record.charge_usd, record.cost_source = charged, HEADER
-            self._budget.add_spend(record.model, charged)
-            return
-        prices = self._job.model(record.model).usd_per_mtok
-        if prices is not None and record.prompt_tokens is not None:
-            record.charge_usd = (
-                record.prompt_tokens * prices.input
-                + (record.completion_tokens or 0) * prices.output
-            ) / 1_000_000
-            record.cost_source = PRICE_TABLE
-            self._budget.add_spend(record.model, record.charge_usd)
-        else:
-            record.cost_source = UNKNOWN
+        if isinstance(charged, float):
+            self._budget.add_spend(model, charged)
+            return Charge(charged, HEADER, balance)
+        prices = self._job.model(model).usd_per_mtok
+        usd = None
+        if prices is not None and completion is not None and completion.prompt_tokens is not None:
+            usd = prices.cost(completion.prompt_tokens, completion.completion_tokens or 0)
+        if charged is _INVALID:
+            # Summing a NaN or a negative charge would blind the budget or widen it: count the
+            # call as the dearest seen (or its price, if dearer), and say where it came from.
+            self._budget.add_doubtful_spend(model, usd)
+            return Charge(usd, INVALID_HEADER, balance)
+        if usd is not None:
+            self._budget.add_spend(model, usd)
+            return Charge(usd, PRICE_TABLE, balance)
+        return Charge(None, UNKNOWN, balance)
+
+    def _money_header(
+        self, headers: Mapping[str, str], name: str, endpoint: str
+    ) -> float | _Invalid | None:
+        """An amount in USD from a header: None when absent, _INVALID (warned about once per
+        run and header) when it is not a finite, non-negative number."""
+        raw = headers.get(name)
+        if raw is None:
+            return None
+        try:
+            value = float(raw)
+        except ValueError:
+            value = math.nan
+        if math.isfinite(value) and value >= 0:
+            return value
+        if (endpoint, name) not in self._warned:
+            self._warned.add((endpoint, name))
+            log.warning(
+                "endpoint %s sent %s: %r, not an amount in USD; such values are ignored (a"
+                " charge is taken from the price table, else unknown, and the budget counts"
+                " the call as the dearest seen)",
+                endpoint,
+                name,
+                _one_line(raw)[:40],
+            )
+        return _INVALID
 
 
-def _read_completion(body: Any, record: CallRecord) -> tuple[str | None, CallFailure | None]:
-    """Pull the answer and usage out of a chat.completion body, tolerating odd servers."""
+def _read_completion(
+    body: Any, request_id: str | None
+) -> tuple[Completion | None, CallFailure | None]:
+    """The completion of a 2xx body, and the failure when it has no usable answer (its usage
+    is still kept: the call was made and may be charged)."""
     try:
-        usage = body.get("usage") or {}
-        record.prompt_tokens = usage.get("prompt_tokens")
-        record.completion_tokens = usage.get("completion_tokens")
-        choice = body["choices"][0]
-        content = choice["message"].get("content")
-    except (AttributeError, KeyError, IndexError, TypeError):
-        return None, CallFailure(FailureKind.RETRYABLE, "bad_response", "not a chat completion")
-    # issue 7 (real peers): LiteLLM and llmock send no x-request-id header; the completion's
-    # own id is the request id they log.
-    if record.request_id is None and isinstance(body.get("id"), str):
-        record.request_id = body["id"]
-    record.mean_logprob = _mean_logprob(choice)
-    if content is None:
-        refusal = choice["message"].get("refusal")
+        completion = parse_completion(body, request_id=request_id)
+    except BadResponse as exc:
+        return None, CallFailure(FailureKind.RETRYABLE, "bad_response", str(exc))
+    if completion.text is None:
+        refusal = completion.refusal
         reason = f"refused: {refusal}" if refusal else "empty answer"
-        return None, CallFailure(FailureKind.FALLBACK, "no_content", _one_line(reason))
-    return content, None
+        return completion, CallFailure(FailureKind.FALLBACK, "no_content", _one_line(reason))
+    return completion, None
 
 
 def _skipped(reason: RunStopped) -> CallFailure:
@@ -363,29 +422,15 @@ def _to_store(key: bytes, record: CallRecord, answer: str, run_id: str) -> Store
     )
 
 
-def _total_tokens(record: CallRecord) -> int | None:
-    if record.prompt_tokens is None:
-        return None
-    return record.prompt_tokens + (record.completion_tokens or 0)
-
-
-def _float_header(headers: Mapping[str, str], name: str) -> float | None:
-    raw = headers.get(name)
-    if raw is None:
-        return None
-    try:
-        return float(raw)
-    except ValueError:
-        return None
-
-
-def _stop_error(failure: CallFailure, job: Job) -> RunStopped:
-    where = job.endpoint.base_url
+def _stop_error(failure: CallFailure, job: Job, *, model: str) -> RunStopped:
+    """The run-stopping error of a fatal answer, naming the endpoint of the model that got it."""
+    endpoint = job.all_endpoints()[job.endpoint_name(model)]
+    where = endpoint.base_url
     if failure.status_code in (402, 429):
         return BudgetReached(
             f"{where} answered {failure.status_code} (out of credit): {failure.message}"
         )
-    key = job.endpoint.api_key_env or "no key variable"
+    key = endpoint.api_key_env or "no key variable"
     return AuthRejected(
         f"{where} rejected the credentials ({failure.status_code}); check the key in {key}"
     )
@@ -394,14 +439,3 @@ def _stop_error(failure: CallFailure, job: Job) -> RunStopped:
 def _one_line(text: str) -> str:
     line = " ".join(text.split())
     return line if len(line) <= 300 else line[:297] + "..."
-
-
-def _mean_logprob(choice: Any) -> float | None:
-    """The mean token logprob of an answer, when the request asked for logprobs."""
-    logprobs = choice.get("logprobs") if isinstance(choice, dict) else None
-    tokens = logprobs.get("content") if isinstance(logprobs, dict) else None
-    if not isinstance(tokens, list) or not tokens:
-        return None
-    values = [t.get("logprob") for t in tokens if isinstance(t, dict)]
-    numbers = [float(v) for v in values if isinstance(v, int | float)]
-    return sum(numbers) / len(numbers) if numbers else None

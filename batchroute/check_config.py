@@ -33,7 +33,7 @@ _KEYS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "confidence": (("threshold",), ("path", "logprobs")),
     "min_length": (("chars",), ()),
     "max_length": (("chars",), ()),
-    "python": (("function",), ()),
+    "python": (("function",), ("timeout_s",)),
     "judge": (
         ("model", "prompt", "threshold"),
         ("system", "score_path", "max_tokens", "temperature"),
@@ -88,6 +88,7 @@ class CheckConfig(BaseModel):
     logprobs: bool = False  # confidence: the mean token logprob instead of a field
     chars: Annotated[int, Field(ge=0)] | None = None  # min_length, max_length
     function: Annotated[str, AfterValidator(_valid_function)] | None = None  # python
+    timeout_s: Annotated[float, Field(gt=0)] = 60.0  # python: past it, the check fails
     model: str | None = None  # judge: the grader
     prompt: str | None = None  # judge: {answer} is the answer, other placeholders columns
     system: str | None = None  # judge

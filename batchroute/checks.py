@@ -10,18 +10,23 @@ must pass, and the answer-only ones run first so a malformed answer never costs 
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import math
 import re
 import string
 import sys
-from collections.abc import Callable, Mapping, Sequence
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import urljoin
 
 import anyio
+import anyio.from_thread
+import anyio.lowlevel
 
 from batchroute.check_config import CheckConfig, parse_json_path
 from batchroute.job import Params
@@ -122,7 +127,8 @@ class JsonSchemaCheck:
 
         validator_class = jsonschema.validators.validator_for(schema)
         validator_class.check_schema(schema)
-        self._validator = validator_class(schema)
+        registry = _closed_registry(schema, validator_class=validator_class)
+        self._validator = validator_class(schema, registry=registry)
         self._best_match = jsonschema.exceptions.best_match
         self._seen: dict[str, Verdict] = {}
 
@@ -150,6 +156,58 @@ class JsonSchemaCheck:
             return Verdict(True)
         where = "/".join(str(p) for p in error.absolute_path)
         return Verdict(False, f"schema: {error.message}" + (f" at /{where}" if where else ""))
+
+
+class RemoteRefError(ValueError):
+    """A `$ref` of a json_schema check points outside the schema."""
+
+
+def _closed_registry(schema: dict[str, Any], *, validator_class: Any) -> Any:
+    """A registry holding only `schema` (and the subschemas it names by `$id`); raises
+    RemoteRefError for a `$ref` that resolves to anything else.
+
+    Without a registry, jsonschema fetched a remote `$ref` (http, file) on every answer it
+    validated: a network call or a file read per row. A `Registry` built without a
+    `retrieve` function retrieves nothing, so nothing is fetched even if a reference were
+    missed here; this walk makes such a reference a configuration error before the run.
+    """
+    from jsonschema_specifications import REGISTRY as META_SCHEMAS
+    from referencing import Registry, Resource
+    from referencing.exceptions import Unresolvable
+    from referencing.jsonschema import specification_with
+
+    dialect = specification_with(validator_class.META_SCHEMA.get("$schema", ""))
+    root = Resource.from_contents(schema, default_specification=dialect)
+    base = root.id() or ""
+    # The published meta-schemas come bundled (a `$ref` to one reads no network either).
+    registry: Registry[Any] = META_SCHEMAS.with_resource(base, root).crawl()
+    for scope, ref in _refs(schema, base=base):
+        try:
+            registry.resolver(base_uri=scope).lookup(ref)
+        except Unresolvable:
+            raise RemoteRefError(
+                f"$ref {ref!r} points outside the schema; only references within it"
+                " ('#/$defs/NAME') are resolved"
+            ) from None
+    return registry
+
+
+_DATA_KEYWORDS = frozenset({"enum", "const", "examples", "default"})  # values, not schemas
+
+
+def _refs(node: Any, *, base: str) -> Iterator[tuple[str, str]]:
+    """Every `$ref` and `$dynamicRef` of a schema, with the base URI it resolves against."""
+    if isinstance(node, dict):
+        if isinstance(node.get("$id"), str):
+            base = urljoin(base, node["$id"])
+        for key, value in node.items():
+            if key in ("$ref", "$dynamicRef") and isinstance(value, str):
+                yield base, value
+            elif key not in _DATA_KEYWORDS:
+                yield from _refs(value, base=base)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _refs(item, base=base)
 
 
 class RegexCheck:
@@ -247,21 +305,32 @@ class LengthCheck:
 
 
 class PythonCheck:
-    """A user function `f(row, answer)` returning a bool or (bool, reason), on a worker thread.
+    """A user function `f(row, answer)` returning a bool or (bool, reason), on its own thread,
+    for at most `timeout_s`.
 
     A thread, because "run the tests on this code" may take seconds and must not stall the
-    event loop that all other rows share.
+    event loop that all other rows share. A thread cannot be stopped: past the timeout the
+    check fails with reason "timeout" and the row moves on while the function runs to its
+    end in the background (a daemon thread, so a stuck one does not hold the process open).
+    A subprocess could be killed, but would need the function, the row and the answer to be
+    picklable and pay a process start (or a pool's upkeep) per check; a check that truly
+    hangs is rarer than one that is slow, and the timeout bounds what the run waits for.
     """
 
     name = "python"
 
-    def __init__(self, function: Callable[..., Any], *, reference: str) -> None:
+    def __init__(
+        self, function: Callable[..., Any], *, reference: str, timeout_s: float = 60.0
+    ) -> None:
         self._function = function
         self._reference = reference
+        self._timeout_s = timeout_s
 
     async def verify(self, subject: Subject, *, grader: Grader) -> Verdict:
-        outcome = await anyio.to_thread.run_sync(self._function, dict(subject.row), subject.answer)
-        return self.read(outcome)
+        call = _ThreadCall(self._function, dict(subject.row), subject.answer)
+        with anyio.move_on_after(self._timeout_s):
+            return self.read(await call.result())
+        return Verdict(False, f"timeout: {self._reference} ran past {self._timeout_s:g} s")
 
     def read(self, outcome: Any) -> Verdict:
         if isinstance(outcome, bool):
@@ -278,23 +347,67 @@ class PythonCheck:
         return Verdict(False, f"{self._reference} returned {kind}, not a bool or (bool, reason)")
 
 
-def import_function(reference: str, *, base_dir: Path | None) -> Callable[..., Any]:
-    """Import `module:function`, with the job's directory first on sys.path.
+class _ThreadCall:
+    """`function(*args)` on a new daemon thread; `result()` waits for it without blocking
+    the event loop, and can be cancelled, which leaves the thread to finish alone."""
 
-    Raises ValueError with a message for the job file's error line.
+    def __init__(self, function: Callable[..., Any], *args: Any) -> None:
+        self._done = anyio.Event()
+        self._token = anyio.lowlevel.current_token()
+        self._outcome: tuple[bool, Any] = (False, None)
+        thread = threading.Thread(target=self._run, args=(function, *args), daemon=True)
+        thread.start()
+
+    def _run(self, function: Callable[..., Any], *args: Any) -> None:
+        try:
+            self._outcome = (True, function(*args))
+        except BaseException as exc:  # the user's code: handed to the waiting task
+            self._outcome = (False, exc)
+        try:
+            anyio.from_thread.run_sync(self._done.set, token=self._token)
+        except RuntimeError:
+            pass  # the event loop has ended: nobody waits for this result any more
+
+    async def result(self) -> Any:
+        await self._done.wait()
+        finished, value = self._outcome
+        if not finished:
+            raise value
+        return value
+
+
+def import_function(reference: str, *, base_dir: Path | None) -> Callable[..., Any]:
+    """Import `module:function`, looking first in the job's directory.
+
+    The directory is first on sys.path only while the module imports (a check's module may
+    import its siblings at the top); it is not left there for every later import of the
+    process to find. Raises ValueError with a message for the job file's error line.
     """
     module_name, _, attribute = reference.partition(":")
-    if base_dir is not None and str(base_dir) not in sys.path:
-        # The documented place for a job's own checks is beside the job file.
-        sys.path.insert(0, str(base_dir))
     try:
-        module = importlib.import_module(module_name)
+        with _IMPORT_LOCK, _first_on_path(base_dir):
+            module = importlib.import_module(module_name)
     except Exception as exc:  # the user's module runs at import: any error is a config error
         raise ValueError(f"cannot import {module_name!r}: {type(exc).__name__}: {exc}") from None
     function = getattr(module, attribute, None)
     if not callable(function):
         raise ValueError(f"{module_name!r} has no function {attribute!r}")
     return function
+
+
+_IMPORT_LOCK = threading.Lock()  # sys.path is the process's: one scoped change at a time
+
+
+@contextlib.contextmanager
+def _first_on_path(directory: Path | None) -> Iterator[None]:
+    if directory is None or str(directory) in sys.path:
+        yield
+        return
+    sys.path.insert(0, str(directory))
+    try:
+        yield
+    finally:
+        sys.path.remove(str(directory))
 
 
 class CheckSuite:
@@ -374,3 +487,5 @@ def build_check(config: CheckConfig | None, *, params: Params) -> Check | None:
         return JsonSchemaCheck(schema)
     except jsonschema.exceptions.SchemaError as exc:
         raise ValueError(f"schema: not a valid JSON schema: {exc.message}") from None
+    except RemoteRefError as exc:
+        raise ValueError(f"schema: {exc}") from None

@@ -93,10 +93,21 @@ def display_rows(
         by_key = {c[1]: c for c in columns}
         columns = [by_key[k] for k in keys if k in by_key]
     rows = [
-        [fmt(record[key]) for _, key, fmt, _ in columns]
+        [_cell(record, key, fmt) for _, key, fmt, _ in columns]
         for record in comparison.frame.iter_rows(named=True)
     ]
     return [c[0] for c in columns], rows, [c[3] for c in columns]
+
+
+# Money figures that leave out the charges nobody knows: shown as such, never as zero.
+_COSTS = ("cost_per_row_usd", "total_usd", "new_spend_usd")
+
+
+def _cell(record: dict[str, Any], key: str, fmt: Callable[[Any], str]) -> str:
+    if key in _COSTS and record.get("unknown_cost_calls"):
+        value = record[key]
+        return "unknown" if value is None else f"{fmt(value)} + unknown"
+    return fmt(record[key])
 
 
 def shown_keys(comparison: Comparison) -> list[str]:

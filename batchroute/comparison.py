@@ -25,6 +25,7 @@ from typing import Any, cast
 import polars as pl
 
 from batchroute.errors import DatasetError
+from batchroute.job import Prices
 from batchroute.runs import Run, read_run, read_runs
 from batchroute.truth import Scorer, Truth
 
@@ -83,7 +84,9 @@ def compare_runs(
         baseline, measured = _baseline(
             run, answers.filter(pl.col("dataset") == dataset), index=index, top=top, price=price
         )
-        saving = None if not baseline else 1 - fig["total_usd"] / baseline
+        # A total with unknown charges in it is a lower bound: no saving can be claimed.
+        known = fig["total_usd"] is not None and not fig["unknown_cost_calls"]
+        saving = 1 - fig["total_usd"] / baseline if baseline and known else None
         rows.append(
             {"run": run.name, **fig, "baseline_usd": baseline, "baseline_measured": measured}
             | {"saving": saving, "dataset": dataset, "path": str(run.path)}
@@ -111,6 +114,7 @@ _SCHEMA: dict[str, Any] = {
     "new_spend_usd": pl.Float64(),
     "cached_usd": pl.Float64(),
     "shadow_usd": pl.Float64(),
+    "unknown_cost_calls": pl.Int64(),
     "latency_p50_s": pl.Float64(),
     "latency_p95_s": pl.Float64(),
     "model_mix": _MIX,
@@ -183,11 +187,11 @@ def _top_tier(answers: pl.DataFrame) -> str | None:
     return str(means["model"][-1])
 
 
-def _top_price(runs: Sequence[Run], top: str) -> tuple[float, float] | None:
+def _top_price(runs: Sequence[Run], top: str) -> Prices | None:
     for run in runs:
         prices = run.metadata.get("job", {}).get("models", {}).get(top, {}).get("usd_per_mtok")
         if prices:
-            return float(prices["input"]), float(prices["output"])
+            return Prices(input=float(prices["input"]), output=float(prices["output"]))
     return None
 
 
@@ -199,7 +203,11 @@ def _figures(run: Run, *, truth: Truth | None, top: str | None) -> dict[str, Any
     shadow = calls["shadow"] if "shadow" in calls.columns else pl.Series([False] * calls.height)
     charged = calls.filter(shadow.not_())
     charge = charged["charge_usd"].fill_null(0.0)
-    total = float(charge.sum())
+    # Answered calls with no known charge: their cost is unknown, never zero.
+    answered = charged["status_code"].is_between(200, 299).fill_null(False)
+    unpriced = int((charged["charge_usd"].is_null() & answered).sum())
+    cost_known = not unpriced or charged["charge_usd"].drop_nulls().len() > 0
+    total = float(charge.sum()) if cost_known else None
     cached = float(charge.filter(charged["cached"].fill_null(False)).sum())
     ok = results.filter(pl.col("status") == "ok")
     accuracy = None
@@ -216,10 +224,11 @@ def _figures(run: Run, *, truth: Truth | None, top: str | None) -> dict[str, Any
         "calls": charged.height,
         "escalation_rate": _mean(ran["escalated"]),
         "fallback_rate": _mean(ran["fallback_used"]),
-        "cost_per_row_usd": total / ran.height if ran.height else None,
+        "cost_per_row_usd": total / ran.height if ran.height and total is not None else None,
         "total_usd": total,
         # cached is part of total, so only float noise could make the difference negative
-        "new_spend_usd": max(total - cached, 0.0),
+        "new_spend_usd": max(total - cached, 0.0) if total is not None else None,
+        "unknown_cost_calls": unpriced,
         "cached_usd": cached,
         "shadow_usd": float(calls.filter(shadow)["charge_usd"].fill_null(0.0).sum()),
         "latency_p50_s": latency.quantile(0.5, "linear") if latency.len() else None,
@@ -228,6 +237,7 @@ def _figures(run: Run, *, truth: Truth | None, top: str | None) -> dict[str, Any
         "accuracy": accuracy,
         "all_top_tier": bool(ran.height)
         and ran.height == ok.height
+        and top is not None  # no charged answer call: no top tier (polars cannot == None)
         and bool((ok["model"] == top).all()),
     }
 
@@ -254,7 +264,7 @@ def _baseline(
     *,
     index: int,
     top: str | None,
-    price: tuple[float, float] | None,
+    price: Prices | None,
 ) -> tuple[float | None, float | None]:
     """(cost of the run's rows all on the top tier, share of rows measured rather than priced)."""
     if top is None:
@@ -278,7 +288,8 @@ def _baseline(
     if price is not None:
         tokens_in = pl.col("prompt_tokens").cast(pl.Float64)
         tokens_out = pl.col("completion_tokens").fill_null(0).cast(pl.Float64)
-        priced = (tokens_in * price[0] + tokens_out * price[1]) / 1e6
+        # Prices.cost is linear in each count: its per-token prices price whole columns.
+        priced = tokens_in * price.cost(1, 0) + tokens_out * price.cost(0, 1)
     mean = on_top["charge_usd"].mean() if on_top.height else None
     table = ids.join(measured, on="row_id", how="left").join(first, on="row_id", how="left")
     cost = table.select(
@@ -310,7 +321,7 @@ def _notes(
     frame: pl.DataFrame,
     *,
     top: str | None,
-    price: tuple[float, float] | None,
+    price: Prices | None,
     truth: Truth | None,
     kept_from: dict[str, str],
 ) -> tuple[str, ...]:
@@ -336,8 +347,16 @@ def _notes(
         )
     notes.append(
         "new $ was charged in the run; cached $ is what answers reused from the store cost"
-        " when first made; shadow sampling is not in the total"
+        " when first made, so both depend on what the store held when the run started (the"
+        " same run against another store splits its total differently); shadow sampling is"
+        " not in the total"
     )
+    unknown = int(frame["unknown_cost_calls"].sum())
+    if unknown:
+        notes.append(
+            f"unknown: {unknown} answered calls came with no charge header and no price;"
+            " a total marked '+ unknown' counts only the known charges, and no saving is shown"
+        )
     if truth is None:
         notes.append("accuracy: pass --truth COLUMN or --truth-scorer module:function")
     else:

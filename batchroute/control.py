@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import anyio
+
 from batchroute.errors import RunStopped
 
 
@@ -11,6 +13,7 @@ class RunControl:
     def __init__(self) -> None:
         self.stop_error: RunStopped | None = None
         self.balances_usd: dict[str, float] = {}  # the last balance header, by endpoint
+        self.stopping = anyio.Event()  # set by `stop`: waits between attempts end at once
 
     @property
     def stopped(self) -> bool:
@@ -20,6 +23,7 @@ class RunControl:
         """Stop starting calls; the first reason given is the one reported."""
         if self.stop_error is None:
             self.stop_error = error
+            self.stopping.set()
 
     def note_balance(self, endpoint: str, balance_usd: float | None) -> None:
         if balance_usd is not None:

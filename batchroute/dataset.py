@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import polars as pl
 import pyarrow as pa
-import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from batchroute.csv_input import (
+    ARROW_TYPES,
+    CsvLayout,
+    bad_value,
+    infer_layout,
+    one_line,
+    require_utf8,
+)
 from batchroute.errors import DatasetError
+
+if TYPE_CHECKING:
+    from batchroute.job import ColumnType, Job
 
 ROW_ID = "row_id"
 
@@ -26,56 +37,110 @@ class Batch:
 
 
 class Dataset:
-    """An input file opened for streaming; nothing but the schema and row count is read here."""
+    """An input file opened for streaming; its schema, row count and ids are checked here.
+
+    Errors name `where`: the job file and `input.path` when known, then the data file.
+    """
 
     def __init__(
-        self, path: Path, *, id_column: str | None, batch_rows: int, limit_rows: int | None = None
+        self,
+        path: Path,
+        *,
+        id_column: str | None,
+        batch_rows: int,
+        limit_rows: int | None = None,
+        column_types: Mapping[str, ColumnType] | None = None,
+        source: Path | None = None,
     ) -> None:
         self.path = path
         self.limit_rows = limit_rows
         self.id_column = id_column
         self.batch_rows = batch_rows
+        self.where = f"{source}: input.path: {path}" if source is not None else str(path)
+        self._block_bytes = max(1 << 20, batch_rows * 256)  # CSV blocks are sized in bytes
         suffix = path.suffix.lower()
         if suffix not in (".parquet", ".csv"):
-            raise DatasetError(f"{path}: input must be a .parquet or .csv file")
+            raise DatasetError(f"{self.where}: input must be a .parquet or .csv file")
         if not path.is_file():
-            raise DatasetError(f"{path}: no such input file")
+            raise DatasetError(f"{self.where}: no such input file")
         self.format = suffix[1:]
-        try:
-            if self.format == "parquet":
-                self.schema = pl.read_parquet_schema(path)
-                self.num_rows = pq.ParquetFile(path).metadata.num_rows
-            else:
-                self.schema = dict(pl.scan_csv(path).collect_schema())
-                self.num_rows = pl.scan_csv(path).select(pl.len()).collect().item()
-        except (OSError, pl.exceptions.PolarsError, pa.ArrowException) as exc:
-            raise DatasetError(f"{path}: cannot read the input: {_one_line(exc)}") from None
+        self.layout: CsvLayout | None = None
+        self.schema: dict[str, pl.DataType] = {}
+        self.num_rows = 0
+        if self.format == "parquet":
+            if column_types:
+                raise DatasetError(
+                    f"{source}: input.schema: applies to CSV input; the columns of {path}"
+                    " (Parquet) carry their own types"
+                )
+            ids = self._open_parquet()
+        else:
+            require_utf8(path, where=self.where)
+            self.layout = infer_layout(path, overrides=column_types or {}, where=self.where)
+            self.schema = self.layout.polars_schema()
+            ids = self._read_csv_once()
         if limit_rows is not None:
             self.num_rows = min(self.num_rows, limit_rows)
         if id_column is not None:
-            if id_column not in self.schema:
-                raise DatasetError(f"{path}: id column {id_column!r} is not in the dataset")
-            self._check_ids(id_column)
+            assert ids is not None
+            self._check_ids(ids)
 
-    def _check_ids(self, column: str) -> None:
-        """Ids must be unique and present, and that is known before the first call: reading
-        the one column costs little next to finding a duplicate after paying for rows."""
-        scan = pl.scan_parquet(self.path) if self.format == "parquet" else pl.scan_csv(self.path)
-        if self.limit_rows is not None:
-            scan = scan.head(self.limit_rows)
+    def _open_parquet(self) -> pl.Series | None:
         try:
-            ids = scan.select(pl.col(column)).with_row_index("row").collect()
-        except (OSError, pl.exceptions.PolarsError) as exc:
-            raise DatasetError(f"{self.path}: cannot read the input: {_one_line(exc)}") from None
-        nulls = ids.filter(pl.col(column).is_null())
+            self.schema = dict(pl.read_parquet_schema(self.path))
+            self.num_rows = pq.ParquetFile(self.path).metadata.num_rows
+            if self.id_column is None:
+                return None
+            self._require_id_column()
+            # Ids must be known good before the first call: reading the one column costs
+            # little next to finding a duplicate after paying for rows.
+            scan = pl.scan_parquet(self.path)
+            if self.limit_rows is not None:
+                scan = scan.head(self.limit_rows)
+            return scan.select(pl.col(self.id_column)).collect().to_series()
+        except (OSError, pl.exceptions.PolarsError, pa.ArrowException) as exc:
+            raise DatasetError(f"{self.where}: cannot read the input: {one_line(exc)}") from None
+
+    def _read_csv_once(self) -> pl.Series | None:
+        """Read the whole file (up to `limit_rows`) with the reader and the types the run
+        will use: a value that does not convert stops the run now, not after paid calls.
+        Counts the rows and keeps the id column on the way."""
+        if self.id_column is not None:
+            self._require_id_column()
+        self.num_rows = 0
+        id_chunks: list[pa.Array] = []
+        for batch in self._record_batches():
+            if self.limit_rows is not None and self.num_rows >= self.limit_rows:
+                break
+            self.num_rows += batch.num_rows
+            if self.id_column is not None:
+                id_chunks.append(batch.column(self.id_column))
+        if self.id_column is None:
+            return None
+        dtype = ARROW_TYPES[self.layout.types[self.id_column]] if self.layout else None
+        series = pl.from_arrow(pa.chunked_array(id_chunks, type=dtype))
+        assert isinstance(series, pl.Series)
+        return series
+
+    def _require_id_column(self) -> None:
+        if self.id_column not in self.schema:
+            raise DatasetError(
+                f"{self.where}: id column {self.id_column!r} (input.id) is not in the dataset"
+            )
+
+    def _check_ids(self, ids: pl.Series) -> None:
+        """Ids must be unique and present."""
+        column = self.id_column
+        frame = ids.head(self.num_rows).to_frame("id").with_row_index("row")
+        nulls = frame.filter(pl.col("id").is_null())
         if nulls.height:
             row = nulls["row"][0]
-            raise DatasetError(f"{self.path}: row {row}: id column {column!r} is null")
-        repeats = ids.filter(~pl.col(column).is_first_distinct())
+            raise DatasetError(f"{self.where}: row {row}: id column {column!r} is null")
+        repeats = frame.filter(~pl.col("id").is_first_distinct())
         if repeats.height:
-            row, value = repeats["row"][0], repeats[column][0]
+            row, value = repeats["row"][0], repeats["id"][0]
             raise DatasetError(
-                f"{self.path}: row {row}: duplicate id {value!r} in column {column!r}"
+                f"{self.where}: row {row}: duplicate id {value!r} in column {column!r}"
             )
 
     def require_columns(self, columns: list[str], *, what: str) -> None:
@@ -102,8 +167,6 @@ class Dataset:
                 return
             if start + record_batch.num_rows > self.num_rows:  # only under limit_rows
                 record_batch = record_batch.slice(0, self.num_rows - start)
-            if self.format == "csv":
-                _require_utf8(record_batch, path=self.path, start=start)
             frame = pl.from_arrow(record_batch)
             assert isinstance(frame, pl.DataFrame)
             if self.id_column is None:
@@ -114,36 +177,41 @@ class Dataset:
             start += frame.height
 
     def _record_batches(self) -> Iterator[pa.RecordBatch]:
-        try:
-            if self.format == "parquet":
-                yield from pq.ParquetFile(self.path).iter_batches(batch_size=self.batch_rows)
-            else:
-                options = pacsv.ReadOptions(block_size=max(1 << 20, self.batch_rows * 256))
-                with pacsv.open_csv(self.path, read_options=options) as reader:
-                    for record_batch in reader:
-                        # CSV blocks are sized in bytes; re-cut them to the batch size in rows
-                        for offset in range(0, record_batch.num_rows, self.batch_rows):
-                            yield record_batch.slice(offset, self.batch_rows)
-        except (OSError, pa.ArrowException) as exc:
-            raise DatasetError(f"{self.path}: cannot read the input: {_one_line(exc)}") from None
-
-
-def _require_utf8(batch: pa.RecordBatch, *, path: Path, start: int) -> None:
-    """pyarrow reads text that is not UTF-8 as bytes; name the first bad cell instead."""
-    for field, column in zip(batch.schema, batch.columns, strict=True):
-        if not (pa.types.is_binary(field.type) or pa.types.is_large_binary(field.type)):
-            continue
-        for offset, value in enumerate(column.to_pylist()):
+        if self.layout is None:
             try:
-                if value is not None:
-                    value.decode("utf-8")
-            except UnicodeDecodeError:
+                yield from pq.ParquetFile(self.path).iter_batches(batch_size=self.batch_rows)
+            except (OSError, pa.ArrowException) as exc:
                 raise DatasetError(
-                    f"{path}: row {start + offset}: column {field.name!r} is not valid UTF-8;"
-                    " save the file as UTF-8"
+                    f"{self.where}: cannot read the input: {one_line(exc)}"
                 ) from None
+            return
+        rows = 0
+        try:
+            with self.layout.reader(self.path, block_bytes=self._block_bytes) as reader:
+                for record_batch in reader:
+                    # CSV blocks are sized in bytes; re-cut them to the batch size in rows
+                    for offset in range(0, record_batch.num_rows, self.batch_rows):
+                        yield record_batch.slice(offset, self.batch_rows)
+                    rows += record_batch.num_rows
+        except pa.ArrowInvalid as exc:
+            # A value that does not fit its column. Found by the first read, before any
+            # call; met here only if the file changed since. Rows before it are kept.
+            found = bad_value(self.path, self.layout, block_bytes=self._block_bytes)
+            where = found or f"after row {rows}: {one_line(exc)}"
+            raise DatasetError(
+                f"{self.where}: {where} (input.schema sets a column's type)"
+            ) from None
+        except (OSError, pa.ArrowException) as exc:
+            raise DatasetError(f"{self.where}: cannot read the input: {one_line(exc)}") from None
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+def open_dataset(job: Job, *, limit_rows: int | None = None) -> Dataset:
+    """The dataset of `job`'s `[input]`."""
+    return Dataset(
+        job.input.path,
+        id_column=job.input.id,
+        batch_rows=job.input.batch_rows,
+        limit_rows=limit_rows,
+        column_types=job.input.schema_,
+        source=job.source,
+    )

@@ -97,7 +97,7 @@ def one_line(what: BaseException | str, *, limit: int = 300) -> str:
 
 
 class FailureKind(enum.StrEnum):
-    """How a failed call is handled; decided once, in `caller.classify_exception`."""
+    """How a failed call is handled; decided once, in `caller.classify`."""
 
     RETRYABLE = "retryable"  # timeout, connection error, 408, 409, 429, 5xx: try again later
     FALLBACK = "fallback"  # the model cannot serve this request: try the next model at once

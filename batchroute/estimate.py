@@ -8,14 +8,13 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from batchroute.dataset import Dataset
+from batchroute.dataset import open_dataset
 from batchroute.job import Job
 from batchroute.preflight import RunOptions
 from batchroute.prompts import BadRowInput, build_messages, estimate_prompt_tokens
 from batchroute.results import read_results
 from batchroute.router import Plan, build_router
-
-Z95 = 1.96
+from batchroute.stats import Z_95, wilson
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +43,7 @@ def estimate(job: Job, *, escalation_rate: float) -> tuple[int, list[TierEstimat
     rows are shared evenly between the plans its labels can pick. Each tier after a plan's
     first sees `escalation_rate` of the rows of the tier before it.
     """
-    dataset = Dataset(job.input.path, id_column=job.input.id, batch_rows=job.input.batch_rows)
+    dataset = open_dataset(job)
     prompt, system = job.input.template(), job.input.system_template()
     router = build_router(job)
     tallies: dict[tuple[str, int, str], _Tally] = {}
@@ -93,8 +92,7 @@ def _priced(job: Job, key: tuple[str, int, str], tally: _Tally) -> TierEstimate:
     config = job.model(model)
     usd = None
     if config.usd_per_mtok is not None:
-        prices = config.usd_per_mtok
-        usd = (tally.prompt_tokens * prices.input + tally.completion_tokens * prices.output) / 1e6
+        usd = config.usd_per_mtok.cost(tally.prompt_tokens, tally.completion_tokens)
     floors = [tally.rows / config.rpm] if config.rpm else []
     if config.tpm:
         floors.append((tally.prompt_tokens + tally.completion_tokens) / config.tpm)
@@ -162,7 +160,7 @@ def sample(job: Job, *, rows: int) -> SampleEstimate:
     extrapolate cost and escalation to the whole dataset with 95% intervals."""
     from batchroute.runner import run
 
-    total = Dataset(job.input.path, id_column=job.input.id, batch_rows=job.input.batch_rows)
+    total = open_dataset(job)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "sample.parquet"
         sampled = job.model_copy(
@@ -176,9 +174,9 @@ def sample(job: Job, *, rows: int) -> SampleEstimate:
         results = read_results(out)
     ran = results.filter(results["status"] != "skipped")
     n = max(ran.height, 1)
-    costs = ran["cost_usd"].to_list() or [0.0]
+    costs = ran["cost_usd"].drop_nulls().to_list() or [0.0]  # null: a cost not known
     mean = statistics.fmean(costs)
-    half = Z95 * (statistics.stdev(costs) / math.sqrt(n) if len(costs) > 1 else mean)
+    half = Z_95 * (statistics.stdev(costs) / math.sqrt(n) if len(costs) > 1 else mean)
     escalated = int(ran["escalated"].sum())
     low, high = wilson(escalated, n)
     elapsed = float(report.summary.get("elapsed_s") or 0.0)
@@ -204,14 +202,3 @@ def format_sample(s: SampleEstimate) -> str:
         f" about {pace} at the sample's pace; the sampled calls are in the store"
         " and are not paid again by the full run"
     )
-
-
-def wilson(successes: int, n: int) -> tuple[float, float]:
-    """The Wilson score interval at 95%: honest near 0 and 1, unlike the normal one."""
-    if n == 0:
-        return 0.0, 1.0
-    p = successes / n
-    denominator = 1 + Z95**2 / n
-    centre = (p + Z95**2 / (2 * n)) / denominator
-    spread = Z95 * math.sqrt(p * (1 - p) / n + Z95**2 / (4 * n * n)) / denominator
-    return max(0.0, centre - spread), min(1.0, centre + spread)

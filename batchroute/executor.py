@@ -2,8 +2,8 @@
 
 A row's calls, in order: the classifier's (when the plan is pending a label), each tier's
 with any judge calls of its checks, and for a sampled row the shadow answer of the cheapest
-tier. All go through the Caller and all are recorded on the row; shadow calls are marked so
-and kept out of the row's cost.
+tier. All go through the Caller, which records each with its purpose and shadow mark; shadow
+calls are kept out of the row's cost.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from batchroute.classifier import Classifier
 from batchroute.errors import FailureKind
 from batchroute.job import Job
 from batchroute.prompts import BadRowInput, Message, build_messages
-from batchroute.records import ANSWER, CLASSIFIER, FAILED, JUDGE, OK, SKIPPED, CallRecord, RowResult
+from batchroute.records import CLASSIFIER, FAILED, JUDGE, OK, SKIPPED, RowResult
 from batchroute.router import Plan
 from batchroute.shadow import ShadowPolicy
 
@@ -80,9 +80,14 @@ class Executor:
             pass  # the classifier's own columns are null: no label, the default plan answers
         else:
             outcome = await self._caller.call_tier(
-                row_id, tier=0, model=classifier.model, messages=messages, params=classifier.params
+                row_id,
+                tier=0,
+                model=classifier.model,
+                messages=messages,
+                params=classifier.params,
+                purpose=CLASSIFIER,
             )
-            result.calls.extend(_marked(outcome.records, purpose=CLASSIFIER))
+            result.calls.extend(outcome.records)
             if outcome.failure is None:
                 reply = outcome.answer
         picked = classifier.pick(reply)
@@ -126,13 +131,15 @@ class Executor:
             result.check_passed = verdict.passed
             if verdict.passed:
                 return verdicts
+            # Every failed check's reason is kept (the last is why the final answer is
+            # unvouched for), also on a one-tier plan that cannot escalate.
+            reason = f"{verdict.check or plan.check.name} failed on {model}: {verdict.reason}"
+            result.check_reasons.append(reason)
             if tier + 1 < len(plan.tiers):
                 # Escalation: the reason recorded is the first failed check's, which is
                 # what sent the row past its first tier.
                 result.escalated = True
-                result.escalation_reason = result.escalation_reason or (
-                    f"{verdict.check or plan.check.name} failed on {model}: {verdict.reason}"
-                )
+                result.escalation_reason = result.escalation_reason or reason
         # Every tier's answer failed the check: keep the last answer (it is often still the
         # best there is) and let `check_passed = false` say that nothing vouched for it.
         return verdicts
@@ -155,9 +162,9 @@ class Executor:
             result.shadow_passed = verdicts[model].passed
             return
         outcome = await self._caller.call_tier(
-            row_id, tier=0, model=model, messages=messages, params=plan.params
+            row_id, tier=0, model=model, messages=messages, params=plan.params, shadow=True
         )
-        result.calls.extend(_marked(outcome.records, purpose=ANSWER, shadow=True))
+        result.calls.extend(outcome.records)
         if outcome.failure is not None or outcome.model != model:
             return  # no verdict when the cheapest model itself did not answer
         grader = _RowGrader(self._caller, row_id=row_id, tier=0, result=result, shadow=True)
@@ -185,9 +192,15 @@ class _RowGrader:
 
     async def ask(self, *, model: str, messages: list[Message], params: dict[str, Any]) -> str:
         outcome = await self._caller.call_tier(
-            self._row_id, tier=self._tier, model=model, messages=messages, params=params
+            self._row_id,
+            tier=self._tier,
+            model=model,
+            messages=messages,
+            params=params,
+            purpose=JUDGE,
+            shadow=self._shadow,
         )
-        self._result.calls.extend(_marked(outcome.records, purpose=JUDGE, shadow=self._shadow))
+        self._result.calls.extend(outcome.records)
         if outcome.failure is not None:
             raise GraderError(f"{outcome.failure.error_kind}: {outcome.failure.message}")
         assert outcome.answer is not None
@@ -203,9 +216,3 @@ def _subject(outcome: TierOutcome, *, row: Mapping[str, Any]) -> Subject:
         model=outcome.model,
         mean_logprob=outcome.records[-1].mean_logprob if outcome.records else None,
     )
-
-
-def _marked(records: list[CallRecord], *, purpose: str, shadow: bool = False) -> list[CallRecord]:
-    for record in records:
-        record.purpose, record.shadow = purpose, shadow
-    return records

@@ -26,6 +26,8 @@ from batchroute.prompts import PromptTemplate
 
 EMBEDDED = "embedded"
 DEFAULT_ENDPOINT = "default"  # the name of the job's own [endpoint] among [endpoints]
+# The types `input.schema` may give a CSV column (csv_input.py maps them to Arrow and polars).
+ColumnType = Literal["str", "int", "float", "bool", "date"]
 
 
 class _Section(BaseModel):
@@ -39,6 +41,8 @@ class InputConfig(_Section):
     system: str | None = None
     messages: str | None = None  # a column holding a JSON list of chat messages
     batch_rows: Annotated[int, Field(gt=0)] = 2048
+    # CSV only: a column's type, over what is inferred from the file (`{ zip = "str" }`).
+    schema_: Annotated[dict[str, ColumnType], Field(alias="schema")] = {}
 
     @field_validator("prompt", "system")
     @classmethod
@@ -80,6 +84,8 @@ class EndpointConfig(_Section):
     charge_header: str = "X-MDB-Charged-USD"
     balance_header: str = "X-MDB-Balance-USD"
     transport: Literal["aiohttp", "openai"] = "aiohttp"
+    # A body larger than this fails its call (response_too_large) instead of filling memory.
+    max_response_bytes: Annotated[int, Field(gt=0)] = 4 * 1024 * 1024
 
     @field_validator("base_url")
     @classmethod
@@ -118,8 +124,14 @@ class SimulatorConfig(_Section):
 
 
 class Prices(_Section):
+    """A model's price table, in USD per million tokens."""
+
     input: Annotated[float, Field(ge=0)]
     output: Annotated[float, Field(ge=0)]
+
+    def cost(self, prompt_tokens: float, completion_tokens: float) -> float:
+        """USD for these tokens: the one place the price formula lives."""
+        return (prompt_tokens * self.input + completion_tokens * self.output) / 1_000_000
 
 
 class ModelConfig(_Section):
@@ -272,6 +284,7 @@ class RunConfig(_Section):
     budget_usd: Annotated[float, Field(gt=0)] | None = None
     min_balance_usd: Annotated[float, Field(ge=0)] | None = None
     grace_s: Annotated[float, Field(ge=0)] = 10.0  # for calls in flight after an interrupt
+    max_retry_after_s: Annotated[float, Field(ge=0)] = 120.0  # the longest Retry-After obeyed
 
 
 class StoreConfig(_Section):

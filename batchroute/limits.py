@@ -1,65 +1,27 @@
-"""Per-model rate limits: requests and tokens per minute (aiolimiter) and concurrent calls."""
+"""Per-model rate limits: requests and tokens per minute (leaky buckets) and concurrent calls."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import TypeVar
 
 import anyio
-from aiolimiter import AsyncLimiter
 
+from batchroute.bucket import LeakyBucket
 from batchroute.job import Job
 
 # A bucket holds this many seconds' worth of its rate: after a pause, at most that much goes
 # out in one burst (a bucket of a whole minute would send a minute's worth at once).
 BURST_SECONDS = 1.0
 
-_L = TypeVar("_L", bound="Bucket")
-
-
-class Bucket(AsyncLimiter):
-    """An AsyncLimiter that starts a run as if its last second had been used.
-
-    aiolimiter's buckets start empty, so a fresh run would send a whole bucket at once and
-    then keep pace: its first minute would hold the limit plus the burst, which a provider
-    counting a sliding minute answers with 429s. Started full (but for one unit, so the first
-    call goes at once), no sliding minute ever holds more than the limit; a burst only spends
-    what a pause saved up. It sets aiolimiter's `_level` (the capacity in use), which the
-    public API cannot.
-    """
-
-    def start_full(self) -> None:
-        self._leak()  # stamps the last check with the current time; the level is still 0
-        self._level = max(0.0, self.max_rate - 1.0)
-
-
-class TokenBucket(Bucket):
-    """A Bucket for tokens whose reservations are corrected by the real usage.
-
-    A call reserves an estimate before it is sent (prompt estimate plus max_tokens) and the
-    response reports what it really used; `settle` moves the bucket's level by the difference
-    so the next calls see the true spend (through aiolimiter's `_level` again).
-    """
-
-    def reserve_amount(self, estimate: int) -> float:
-        # A request larger than the bucket could never be admitted; it reserves a full bucket
-        # and `settle` books the rest, so later calls wait until the real spend has leaked out.
-        return float(min(estimate, self.max_rate))
-
-    def settle(self, reserved: float, actual: int) -> None:
-        self._leak()
-        self._level = max(0.0, self._level + (actual - reserved))
-        self._wake_next()
-
 
 class ModelLimits:
     """The limits of one model. Build inside the running event loop."""
 
     def __init__(self, *, rpm: int | None, tpm: int | None, max_concurrency: int | None) -> None:
-        self.requests = _limiter(Bucket, rpm)
-        self.tokens = _limiter(TokenBucket, tpm)
+        self.requests = _bucket(rpm)
+        self.tokens = _bucket(tpm)
         self.slots = anyio.CapacityLimiter(max_concurrency) if max_concurrency else None
 
     @asynccontextmanager
@@ -81,10 +43,12 @@ class ModelLimits:
 class TokenReservation:
     """Tokens held for one call; `settle` with the usage the response reported."""
 
-    def __init__(self, bucket: TokenBucket | None, estimate: int) -> None:
+    def __init__(self, bucket: LeakyBucket | None, estimate: int) -> None:
         self._bucket = bucket
         self._estimate = estimate
-        self._reserved = 0.0 if bucket is None else bucket.reserve_amount(estimate)
+        # A request larger than the bucket could never be admitted; it reserves a full bucket
+        # and `settle` books the rest, so later calls wait until the real spend has leaked out.
+        self._reserved = 0.0 if bucket is None else float(min(estimate, bucket.capacity))
 
     async def acquire(self) -> None:
         if self._bucket is not None:
@@ -100,14 +64,20 @@ class TokenReservation:
         self._reserved = float(booked)
 
 
-def _limiter(kind: type[_L], per_minute: int | None) -> _L | None:
+def _bucket(per_minute: int | None) -> LeakyBucket | None:
+    """A bucket of one burst's worth, started full but for one unit.
+
+    A bucket started empty would let a fresh run send a whole bucket at once and then keep
+    pace: its first minute would hold the limit plus the burst, which a provider counting a
+    sliding minute answers with 429s. Started full (but for one unit, so the first call goes
+    at once), no sliding minute ever holds more than the limit; a burst only spends what a
+    pause saved up.
+    """
     if per_minute is None:
         return None
     per_second = per_minute / 60.0
     capacity = max(1.0, math.floor(per_second * BURST_SECONDS))
-    bucket = kind(capacity, capacity / per_second)
-    bucket.start_full()
-    return bucket
+    return LeakyBucket(capacity, per_second=per_second, level=capacity - 1.0)
 
 
 class Limits:

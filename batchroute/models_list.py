@@ -163,6 +163,7 @@ async def _v1_hint(job: Job, *, endpoint: str, base_url: str) -> str | None:
             api_key=api_keys(job)[endpoint],
             timeout_s=config.timeout_s,
             connections=1,
+            max_response_bytes=config.max_response_bytes,
         ) as probe:
             reply = await probe.models()
     except TransportError:
@@ -233,6 +234,7 @@ async def list_models(job: Job, *, base_urls: dict[str, str]) -> list[ModelsRepo
                 api_key=keys[endpoint],
                 timeout_s=config.timeout_s,
                 connections=1,
+                max_response_bytes=config.max_response_bytes,
             ) as transport:
                 listing = await fetch_models(transport)
         except TransportError as exc:

@@ -72,7 +72,9 @@ def build_checks(
                     function = import_function(config.function, base_dir=base_dir)
                 except ValueError as exc:
                     raise ValueError(f"function: {exc}") from None
-                slow.append(PythonCheck(function, reference=config.function))
+                slow.append(
+                    PythonCheck(function, reference=config.function, timeout_s=config.timeout_s)
+                )
             elif config.type == "judge":
                 judge = JudgeCheck(config)
                 slow.append(judge)

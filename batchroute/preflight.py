@@ -11,7 +11,7 @@ from pathlib import Path
 
 import polars as pl
 
-from batchroute.dataset import Dataset
+from batchroute.dataset import Dataset, open_dataset
 from batchroute.endpoints import api_keys
 from batchroute.errors import ConfigError, DatasetError, OutputError
 from batchroute.job import Job
@@ -42,12 +42,7 @@ class Prepared:
 def prepare(job: Job, options: RunOptions) -> Prepared:
     """Validate job, data and paths; take the job's lock, open the store and decide the run
     id. Blocking. The caller must `close` what it returns."""
-    dataset = Dataset(
-        job.input.path,
-        id_column=job.input.id,
-        batch_rows=job.input.batch_rows,
-        limit_rows=options.limit_rows,
-    )
+    dataset = open_dataset(job, limit_rows=options.limit_rows)
     _check_columns(job, dataset)
     router = build_router(job)
     router.validate(dataset)  # rule predicates, classifier and judge templates vs the columns

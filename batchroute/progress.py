@@ -29,7 +29,9 @@ class RunStats:
     escalated: int = 0
     fallback: int = 0
     calls: int = 0
-    cost_usd: float = 0.0
+    cost_usd: float = 0.0  # the known charges
+    priced_rows: int = 0  # rows with at least one known charge
+    unknown_cost_rows: int = 0  # rows with an answered call of unknown charge
     cached_usd: float = 0.0  # the original charges of answers taken from the store
     # What the same rows would have cost on the plans' top tier; None when it cannot be known.
     top_tier_cost_usd: float | None = 0.0
@@ -47,7 +49,9 @@ class RunStats:
         self.escalated += result.escalated
         self.fallback += result.fallback_used
         self.calls += len(result.calls)
-        self.cost_usd += result.cost_usd
+        self.cost_usd += result.cost_usd or 0.0
+        self.priced_rows += any(c.charge_usd is not None for c in result.charged_calls)
+        self.unknown_cost_rows += result.cost_partly_unknown
         self.cached_usd += sum(c.charge_usd or 0.0 for c in result.calls if c.cached)
         if self.top_tier_cost_usd is not None and result.status != SKIPPED:
             if top_tier_cost is None:
@@ -59,8 +63,21 @@ class RunStats:
     def elapsed_s(self) -> float:
         return time.monotonic() - self.started
 
+    @property
+    def cost_unknown(self) -> bool:
+        """No charge is known, and some answered call's is not: the total is unknown."""
+        return self.unknown_cost_rows > 0 and self.priced_rows == 0
+
+    def total_text(self) -> str:
+        """`$x`, `$x + unknown` when some answered calls' charges are unknown, or `unknown`."""
+        if self.cost_unknown:
+            return "unknown"
+        known = f"${self.cost_usd:.4f}"
+        return f"{known} + unknown" if self.unknown_cost_rows else known
+
     def as_dict(self) -> dict[str, Any]:
         ran = self.done - self.skipped
+        cost = None if self.cost_unknown else self.cost_usd
         return {
             "rows": self.done,
             "ok": self.ok,
@@ -70,10 +87,11 @@ class RunStats:
             "calls": self.calls,
             "escalation_rate": self.escalated / ran if ran else 0.0,
             "fallback_rate": self.fallback / ran if ran else 0.0,
-            "cost_usd": self.cost_usd,
-            "new_spend_usd": self.cost_usd - self.cached_usd,
+            "cost_usd": cost,  # the known charges; None when none is known (see the next)
+            "cost_unknown_rows": self.unknown_cost_rows,
+            "new_spend_usd": None if cost is None else cost - self.cached_usd,
             "cached_usd": self.cached_usd,
-            "cost_per_row_usd": self.cost_usd / ran if ran else 0.0,
+            "cost_per_row_usd": None if cost is None else cost / ran if ran else 0.0,
             "top_tier": self.top_tier,
             "top_tier_cost_usd": self.top_tier_cost_usd,
             # The job's own endpoint's balance; every endpoint's in balances_usd.
@@ -94,8 +112,8 @@ class RunStats:
             + f", {self.failed} failed"
             + (f", {self.skipped} skipped" if self.skipped else ""),
             f"escalated {d['escalation_rate']:.1%}",
-            f"${d['cost_per_row_usd'] * 1000:.4f} per 1k rows",
-            f"total ${self.cost_usd:.4f}"
+            _per_1k(d["cost_per_row_usd"], partly_unknown=self.unknown_cost_rows > 0),
+            f"total {self.total_text()}"
             + (
                 f" (new spend ${self.cost_usd - self.cached_usd:.4f},"
                 f" cached ${self.cached_usd:.4f})"
@@ -103,7 +121,7 @@ class RunStats:
                 else ""
             ),
         ]
-        if self.top_tier is not None and self.top_tier_cost_usd and ran:
+        if self.top_tier is not None and self.top_tier_cost_usd and ran and not self.cost_unknown:
             saving = 1 - self.cost_usd / self.top_tier_cost_usd
             parts.append(
                 f"vs ~${self.top_tier_cost_usd:.4f} all on {self.top_tier} ({saving:.0%} saved)"
@@ -122,6 +140,13 @@ class RunStats:
         shown = f"{rate:.0f}" if rate >= 10 else f"{rate:.2g}"
         parts.append(f"{self.elapsed_s:.1f}s ({shown} rows/s)")
         return "; ".join(parts)
+
+
+def _per_1k(cost_per_row: float | None, *, partly_unknown: bool) -> str:
+    if cost_per_row is None:
+        return "cost per row unknown"
+    shown = f"${cost_per_row * 1000:.4f} per 1k rows"
+    return f"at least {shown}" if partly_unknown else shown
 
 
 class ProgressBar:
@@ -182,5 +207,5 @@ def top_tier_cost(result: RowResult, plan: Plan, job: Job, top: str | None) -> f
     for call in result.answer_calls:
         if call.ok and call.prompt_tokens is not None:
             tokens_in, tokens_out = call.prompt_tokens, call.completion_tokens or 0
-            return (tokens_in * prices.input + tokens_out * prices.output) / 1_000_000
+            return prices.cost(tokens_in, tokens_out)
     return 0.0

@@ -11,6 +11,8 @@ import polars as pl
 HEADER = "header"
 PRICE_TABLE = "price_table"
 UNKNOWN = "unknown"  # no charge header and no price for the model
+# The charge header was not a finite, non-negative number: the price table's charge, if any.
+INVALID_HEADER = "invalid_header"
 MIXED = "mixed"  # a row whose calls were charged from different sources
 
 OK, FAILED, SKIPPED = "ok", "failed", "skipped"
@@ -20,8 +22,10 @@ OK, FAILED, SKIPPED = "ok", "failed", "skipped"
 ANSWER, CLASSIFIER, JUDGE = "answer", "classifier", "judge"
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class CallRecord:
+    """One HTTP call (or a stored one replayed), built once when its facts are all known."""
+
     row_id: object
     tier: int
     model: str
@@ -47,6 +51,13 @@ class CallRecord:
     def ok(self) -> bool:
         return self.error_kind is None
 
+    @property
+    def unpriced(self) -> bool:
+        """Answered (2xx), but with no known charge: what it cost is unknown. A refused call
+        without a charge header is not counted so: providers do not charge refusals."""
+        code = self.status_code
+        return self.charge_usd is None and code is not None and 200 <= code < 300
+
 
 @dataclass(slots=True)
 class RowResult:
@@ -56,7 +67,8 @@ class RowResult:
     answer: str | None = None
     model: str | None = None
     escalated: bool = False
-    escalation_reason: str | None = None
+    escalation_reason: str | None = None  # the first failed check's reason
+    check_reasons: list[str] = field(default_factory=list)  # every failed check's, in tier order
     tiers_tried: list[str] = field(default_factory=list)
     fallback_used: bool = False
     check_passed: bool | None = None
@@ -80,8 +92,18 @@ class RowResult:
         return [c for c in self.calls if c.purpose == ANSWER and not c.shadow]
 
     @property
-    def cost_usd(self) -> float:
-        return sum(c.charge_usd for c in self.charged_calls if c.charge_usd is not None)
+    def cost_usd(self) -> float | None:
+        """The known charges summed; None (not 0.0) when no charge is known and some answered
+        call's cost is unknown. See `cost_partly_unknown` for the rest."""
+        known = [c.charge_usd for c in self.charged_calls if c.charge_usd is not None]
+        if not known and self.cost_partly_unknown:
+            return None
+        return sum(known)
+
+    @property
+    def cost_partly_unknown(self) -> bool:
+        """Some answered call of the row has no known charge: `cost_usd` is a lower bound."""
+        return any(c.unpriced for c in self.charged_calls)
 
     @property
     def cost_source(self) -> str | None:
@@ -89,6 +111,8 @@ class RowResult:
         sources = {c.cost_source for c in charged if c.charge_usd is not None}
         if not sources:
             return UNKNOWN if charged else None
+        if self.cost_partly_unknown:
+            return MIXED  # known charges and unknown ones
         return sources.pop() if len(sources) == 1 else MIXED
 
     @property
@@ -142,6 +166,7 @@ def result_schema(id_dtype: pl.DataType) -> dict[str, pl.DataType]:
         "plan": pl.String(),
         "escalated": pl.Boolean(),
         "escalation_reason": pl.String(),
+        "check_reasons": pl.List(pl.String()),
         "tiers_tried": pl.List(pl.String()),
         "fallback_used": pl.Boolean(),
         "check_passed": pl.Boolean(),
@@ -179,6 +204,7 @@ def results_frame(results: list[RowResult], *, id_dtype: pl.DataType) -> pl.Data
         columns["plan"].append(r.plan)
         columns["escalated"].append(r.escalated)
         columns["escalation_reason"].append(r.escalation_reason)
+        columns["check_reasons"].append(r.check_reasons)
         columns["tiers_tried"].append(r.tiers_tried)
         columns["fallback_used"].append(r.fallback_used)
         columns["check_passed"].append(r.check_passed)

@@ -9,8 +9,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC
 
-# A server asking for more than this is treated as asking for this: a batch run should keep
-# trying, and a row waiting longer than a few minutes is better moved to a fallback model.
+# The default of `run.max_retry_after_s`: a server asking for more than this is treated as
+# asking for this: a batch run should keep trying, and a row waiting longer than a few
+# minutes is better moved to a fallback model.
 MAX_RETRY_AFTER_S = 120.0
 
 
@@ -21,6 +22,7 @@ class RetryPolicy:
     max_attempts: int = 4
     base_s: float = 0.5
     max_backoff_s: float = 30.0
+    max_retry_after_s: float = MAX_RETRY_AFTER_S
 
     def delay(self, attempt: int, *, retry_after_s: float | None, rng: random.Random) -> float:
         """Seconds to wait after failed attempt number `attempt` (1-based).
@@ -31,7 +33,7 @@ class RetryPolicy:
         grow with each attempt but never fall to zero.
         """
         if retry_after_s is not None:
-            return min(retry_after_s, MAX_RETRY_AFTER_S) + rng.uniform(0, 0.1 * self.base_s)
+            return min(retry_after_s, self.max_retry_after_s) + rng.uniform(0, 0.1 * self.base_s)
         ceiling = min(self.max_backoff_s, self.base_s * 2 ** (attempt - 1))
         return ceiling / 2 + rng.uniform(0, ceiling / 2)
 

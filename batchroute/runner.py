@@ -208,6 +208,7 @@ class _Run:
                     api_key=self.prep.api_keys[name],
                     timeout_s=endpoints[name].timeout_s,
                     connections=job.run.concurrency,
+                    max_response_bytes=endpoints[name].max_response_bytes,
                 )
             )
         if self.options.cache != "offline":  # a model an endpoint lacks stops the run here

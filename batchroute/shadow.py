@@ -8,15 +8,13 @@ rows the cheapest tier would have handled (a Wilson 95% interval) and the money 
 from __future__ import annotations
 
 import hashlib
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from batchroute.job import Job, route_targets
 from batchroute.records import OK, RowResult
-
-Z_95 = 1.959963984540054
+from batchroute.stats import wilson
 
 
 def _tiers(job: Job) -> list[str]:
@@ -89,17 +87,6 @@ class ShadowPolicy:
         return is_sampled(row_id, rate=self.rate, seed=self.seed)
 
 
-def wilson(passed: int, n: int, *, z: float = Z_95) -> tuple[float, float]:
-    """The Wilson score interval of a proportion: sound at small n and near 0 or 1."""
-    if n == 0:
-        return 0.0, 1.0
-    p = passed / n
-    centre = p + z * z / (2 * n)
-    spread = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    scale = 1 + z * z / n
-    return max(0.0, (centre - spread) / scale), min(1.0, (centre + spread) / scale)
-
-
 @dataclass(slots=True)
 class _Route:
     rows: int = 0
@@ -145,7 +132,7 @@ class RouteStats:
             return
         route = self.routes.setdefault(result.route_key, _Route())
         route.rows += 1
-        route.cost_usd += result.cost_usd
+        route.cost_usd += result.cost_usd or 0.0  # the known charges
         self.unknown_labels += result.label_unknown
         self.shadow_cost_usd += result.shadow_cost_usd or 0.0
         if result.status != OK or not result.past_cheapest:
@@ -154,7 +141,7 @@ class RouteStats:
         if result.shadow_passed is not None:
             route.sampled += 1
             route.passed += result.shadow_passed
-            paid = result.cost_usd - (result.classifier_cost_usd or 0.0)
+            paid = (result.cost_usd or 0.0) - (result.classifier_cost_usd or 0.0)
             route.potential_saving_usd += paid - (result.shadow_cost_usd or 0.0)
 
     def as_dict(self) -> dict[str, Any]:

@@ -1,8 +1,9 @@
 """The HTTP layer under the Caller: send a request, get back status, headers and JSON body.
 
-    TransportError           the request got no HTTP answer at all
+    TransportError           the request got no usable HTTP answer at all
     ├── TransportTimeout     no answer within `endpoint.timeout_s`
-    └── TransportConnection  the connection failed: refused, reset, closed mid-answer
+    ├── TransportConnection  the connection failed: refused, reset, closed mid-answer
+    └── ResponseTooLarge     the body is over `endpoint.max_response_bytes` (not read further)
 
 An HTTP answer, whatever its status, is a `Reply`; deciding what a status means is the
 Caller's job (`caller.classify`), done once for both transports:
@@ -28,9 +29,13 @@ import anyio
 from batchroute.version import __version__
 
 if TYPE_CHECKING:
+    import httpx2
     import openai
 
 TransportName = Literal["aiohttp", "openai"]
+
+DEFAULT_MAX_RESPONSE_BYTES = 4 * 1024 * 1024
+_CHUNK_BYTES = 64 * 1024
 
 
 class TransportError(Exception):
@@ -43,6 +48,13 @@ class TransportTimeout(TransportError):
 
 class TransportConnection(TransportError):
     """The connection failed."""
+
+
+class ResponseTooLarge(TransportError):
+    """The body is larger than the endpoint's `max_response_bytes`; it was not kept."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"response body over endpoint.max_response_bytes ({limit} bytes)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,21 +109,45 @@ class _Closing:
 
 
 def open_transport(
-    name: TransportName, *, base_url: str, api_key: str, timeout_s: float, connections: int
+    name: TransportName,
+    *,
+    base_url: str,
+    api_key: str,
+    timeout_s: float,
+    connections: int,
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
 ) -> Transport:
     """Create the transport inside the running event loop; use it as `async with`."""
     if name == "openai":
-        return SdkTransport(base_url=base_url, api_key=api_key, timeout_s=timeout_s)
+        return SdkTransport(
+            base_url=base_url,
+            api_key=api_key,
+            timeout_s=timeout_s,
+            max_response_bytes=max_response_bytes,
+        )
     return AiohttpTransport(
-        base_url=base_url, api_key=api_key, timeout_s=timeout_s, connections=connections
+        base_url=base_url,
+        api_key=api_key,
+        timeout_s=timeout_s,
+        connections=connections,
+        max_response_bytes=max_response_bytes,
     )
 
 
 class AiohttpTransport(_Closing):
     """Plain HTTP/1.1 with keep-alive connections, one pool for the run."""
 
-    def __init__(self, *, base_url: str, api_key: str, timeout_s: float, connections: int) -> None:
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        api_key: str,
+        timeout_s: float,
+        connections: int,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+    ) -> None:
         self._base = base_url.rstrip("/")
+        self._max_bytes = max_response_bytes
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=connections),
             timeout=aiohttp.ClientTimeout(total=timeout_s),
@@ -135,19 +171,29 @@ class AiohttpTransport(_Closing):
     async def _request(self, method: str, path: str, data: bytes | None) -> Reply:
         try:
             async with self._session.request(method, self._base + path, data=data) as response:
-                raw = await response.read()
+                raw = await self._read(response)
                 headers = response.headers
                 status = response.status
         except TimeoutError:  # aiohttp's timeouts subclass it
             raise TransportTimeout("request timed out") from None
         except aiohttp.ClientError as exc:  # refused, reset, cut short, or not HTTP at all
             raise TransportConnection(_describe(exc)) from None
-        text = raw.decode("utf-8", "replace")
-        try:
-            body = json.loads(raw) if raw else None
-        except ValueError:
-            body = None
-        return Reply(status, headers, body, text)
+        return _reply(status, headers, raw.decode("utf-8", "replace"))
+
+    async def _read(self, response: aiohttp.ClientResponse) -> bytes:
+        """The body, read in chunks and never past the cap: a server announcing or sending
+        more is cut off (the connection is then dropped, not reused)."""
+        announced = response.content_length
+        if announced is not None and announced > self._max_bytes:
+            raise ResponseTooLarge(self._max_bytes)
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in response.content.iter_chunked(_CHUNK_BYTES):
+            size += len(chunk)
+            if size > self._max_bytes:
+                raise ResponseTooLarge(self._max_bytes)
+            chunks.append(chunk)
+        return b"".join(chunks)
 
     async def aclose(self) -> None:
         await self._session.close()
@@ -156,9 +202,19 @@ class AiohttpTransport(_Closing):
 class SdkTransport(_Closing):
     """The openai SDK's client, used as a transport: its answers and errors become Replies."""
 
-    def __init__(self, *, base_url: str, api_key: str, timeout_s: float) -> None:
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        api_key: str,
+        timeout_s: float,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+    ) -> None:
         import openai  # only this transport needs the SDK; it is slow to import
 
+        # The SDK reads a whole body before we see it: the cap is checked after, so it
+        # bounds what is parsed and kept, not what is read.
+        self._max_bytes = max_response_bytes
         self._client = openai.AsyncOpenAI(
             base_url=base_url, api_key=api_key, max_retries=0, timeout=timeout_s
         )
@@ -168,24 +224,24 @@ class SdkTransport(_Closing):
         try:
             raw = await self._client.chat.completions.with_raw_response.create(**payload)
         except self._api_error as exc:
-            return reply_from_sdk_error(exc)
-        response = raw.http_response
-        return _reply(response.status_code, response.headers, response.text)
+            return reply_from_sdk_error(exc, max_response_bytes=self._max_bytes)
+        return _sdk_reply(raw.http_response, self._max_bytes)
 
     async def models(self, *, after: str | None = None) -> Reply:
         query = None if after is None else {"after": after}
         try:
             raw = await self._client.models.with_raw_response.list(extra_query=query)
         except self._api_error as exc:
-            return reply_from_sdk_error(exc)
-        response = raw.http_response
-        return _reply(response.status_code, response.headers, response.text)
+            return reply_from_sdk_error(exc, max_response_bytes=self._max_bytes)
+        return _sdk_reply(raw.http_response, self._max_bytes)
 
     async def aclose(self) -> None:
         await self._client.close()
 
 
-def reply_from_sdk_error(exc: openai.APIError) -> Reply:
+def reply_from_sdk_error(
+    exc: openai.APIError, *, max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
+) -> Reply:
     """The SDK raises for every non-2xx status; give back the answer it carried."""
     import openai
 
@@ -197,6 +253,12 @@ def reply_from_sdk_error(exc: openai.APIError) -> Reply:
     response = getattr(exc, "response", None)
     if response is None:
         raise TransportConnection(" ".join(exc.message.split())) from None
+    return _sdk_reply(response, max_response_bytes)
+
+
+def _sdk_reply(response: httpx2.Response, max_bytes: int) -> Reply:
+    if len(response.content) > max_bytes:
+        raise ResponseTooLarge(max_bytes)
     return _reply(response.status_code, response.headers, response.text)
 
 

@@ -1,4 +1,4 @@
-"""classify_exception: the one place an SDK exception becomes what to do about it.
+"""classify: the one place an answer (here carried by an SDK exception) becomes what to do.
 
 The exceptions are real openai exception objects, built the way the SDK builds them (a
 response carrying its request), and also raised by the real SDK client over a mock transport,
@@ -15,10 +15,23 @@ import httpx2
 import openai
 import pytest
 
-from batchroute.caller import classify_exception
+from batchroute.caller import classify, classify_transport_error
 from batchroute.errors import CallFailure, FailureKind
+from batchroute.transport import TransportError, reply_from_sdk_error
 
 URL = "http://127.0.0.1:9/v1/chat/completions"
+
+
+def classify_exception(exc: openai.APIError) -> CallFailure:
+    """What the openai transport makes of an SDK exception: the answer it carried, classified
+    by `caller.classify`, or no answer at all."""
+    try:
+        reply = reply_from_sdk_error(exc)
+    except TransportError as error:
+        return classify_transport_error(error)
+    failure = classify(reply)
+    assert failure is not None
+    return failure
 
 
 def _status_error(
@@ -211,17 +224,9 @@ def test_sdk_timeout_and_connection_errors_are_retryable() -> None:
 
 def test_request_id_is_the_header_else_the_completions_own_id() -> None:
     # LiteLLM and llmock send no x-request-id; the completion's id is what they log.
-    from datetime import UTC, datetime
-
-    from batchroute.caller import _read_completion
-    from batchroute.records import CallRecord
+    from batchroute.completion import parse_completion
 
     body = {"id": "chatcmpl-7", "choices": [{"message": {"content": "hi"}}], "usage": {}}
-    record = CallRecord(
-        row_id=1, tier=0, model="m", attempt=1, started_at=datetime.now(UTC), latency_s=0.0
-    )
-    assert _read_completion(body, record) == ("hi", None)
-    assert record.request_id == "chatcmpl-7"
-    record.request_id = "req-from-header"
-    _read_completion(body, record)
-    assert record.request_id == "req-from-header"
+    completion = parse_completion(body, request_id=None)
+    assert completion.text == "hi" and completion.request_id == "chatcmpl-7"
+    assert parse_completion(body, request_id="req-from-header").request_id == "req-from-header"

@@ -9,7 +9,12 @@ from pathlib import Path
 
 from batchroute.sim.answers import expected_answer
 from batchroute.sim.config import SimConfig, SimConfigError, load_sim_config
-from batchroute.sim.process import SimulatorHandle, SimulatorStartError, running_simulator
+from batchroute.sim.process import (
+    SimulatorHandle,
+    SimulatorStartError,
+    exit_when_stdin_closes,
+    running_simulator,
+)
 
 __all__ = [
     "SimConfig",
@@ -74,12 +79,20 @@ def _parser() -> argparse.ArgumentParser:
         " <model>__response/__correct/__cost_usd/... columns) answer with their recorded"
         " response and charge their recorded cost; 'replay-judge' returns recorded scores",
     )
+    parser.add_argument(
+        "--exit-with-stdin",
+        action="store_true",
+        help="stop when stdin reaches end of file: a parent that keeps a pipe to it open"
+        " takes the simulator down with it, even when killed with SIGKILL",
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Parse `argv`, serve until SIGTERM or SIGINT, and return the exit code."""
     args = _parser().parse_args(argv)
+    if args.exit_with_stdin:
+        exit_when_stdin_closes()
     try:
         config = load_sim_config(args.models)
     except SimConfigError as exc:

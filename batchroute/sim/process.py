@@ -1,12 +1,23 @@
-"""Start the simulator as a subprocess and stop it afterwards, for embedded runs and tests."""
+"""Start the simulator as a subprocess and stop it afterwards, for embedded runs and tests.
+
+The simulator must not outlive its parent: a `batchroute run` killed with SIGKILL runs no
+`finally`, and its simulator would serve on, re-parented to PID 1, forever. So the parent
+holds the write end of a pipe on the simulator's stdin and never writes to it; the kernel
+closes it when the parent dies, however it dies, and the simulator stops at end of file.
+`prctl(PR_SET_PDEATHSIG)` is not used: it fires when the *thread* that started the child
+ends, and a run starts its simulator from a worker thread that ends long before the run.
+"""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import tempfile
 import threading
+import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,9 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["SimulatorHandle", "SimulatorStartError", "running_simulator"]
+__all__ = ["SimulatorHandle", "SimulatorStartError", "exit_when_stdin_closes", "running_simulator"]
 
 READY_PREFIX = "batchroute sim listening on "
+_STOP_GRACE_S = 10.0  # after its parent is gone: to finish answering, then it exits anyway
 
 
 class SimulatorStartError(RuntimeError):
@@ -63,6 +75,7 @@ def running_simulator(
 ) -> Iterator[SimulatorHandle]:
     """Run `python -m batchroute.sim` on a free port for the duration of the `with` block."""
     cmd = [sys.executable, "-m", "batchroute.sim", "--host", host, "--port", "0"]
+    cmd.append("--exit-with-stdin")
     cmd += ["--seed", str(seed)]
     if models is not None:
         cmd += ["--models", str(models)]
@@ -79,7 +92,7 @@ def running_simulator(
     with tempfile.TemporaryFile("w+", encoding="utf-8") as stderr:
         process = subprocess.Popen(
             cmd,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.PIPE,  # never written; its end of file is our death
             stdout=subprocess.PIPE,
             stderr=stderr,
             text=True,
@@ -123,6 +136,23 @@ def _explain(what: str, process: subprocess.Popen[str], stderr: IO[str]) -> str:
     return f"simulator ({where}) {what}" + (f":\n{detail}" if detail else "")
 
 
+def exit_when_stdin_closes() -> None:
+    """In the simulator: SIGTERM ourselves (a graceful stop) when stdin reaches end of file,
+    and exit outright if that stop takes longer than a grace period."""
+
+    def watch() -> None:
+        try:
+            while sys.stdin.buffer.read(4096):
+                pass  # a parent writes nothing; whatever comes is ignored
+        except (OSError, ValueError, AttributeError):
+            pass  # stdin is closed or absent: the same as end of file
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(_STOP_GRACE_S)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 def _stop(process: subprocess.Popen[str]) -> None:
     """SIGTERM, then five seconds' grace, then SIGKILL."""
     if process.poll() is None:
@@ -132,5 +162,6 @@ def _stop(process: subprocess.Popen[str]) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-    if process.stdout is not None:
-        process.stdout.close()
+    for stream in (process.stdin, process.stdout):
+        if stream is not None:
+            stream.close()
