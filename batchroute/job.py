@@ -8,6 +8,7 @@ import os
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -79,12 +80,33 @@ class OutputConfig(_Section):
 class EndpointConfig(_Section):
     base_url: str = EMBEDDED
     api_key_env: str | None = None
-    timeout_s: Annotated[float, Field(gt=0)] = 60.0
+    timeout_s: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 60.0
     charge_header: str = "X-MDB-Charged-USD"
     balance_header: str = "X-MDB-Balance-USD"
     transport: Literal["aiohttp", "openai"] = "aiohttp"
     # A body larger than this fails its call (response_too_large) instead of filling memory.
     max_response_bytes: Annotated[int, Field(gt=0)] = 4 * 1024 * 1024
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        """An http(s) URL with a host and a valid port, or "embedded"; checked here, because
+        the HTTP clients reject such a URL only at the first request, as an internal error."""
+        if value == EMBEDDED:
+            return value
+        # Never echo the URL: it may hold a password.
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError('not an http(s) URL such as "https://host/v1", nor "embedded"')
+        if parts.username is not None or parts.password is not None:
+            raise ValueError("holds a user or password; put the key in api_key_env instead")
+        try:
+            port = parts.port
+        except ValueError:
+            port = 0
+        if port == 0:
+            raise ValueError("the port must be a number from 1 to 65535")
+        return value
 
     @property
     def embedded(self) -> bool:
@@ -324,13 +346,28 @@ class Job(_Section):
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)
 
     def key(self) -> str:
-        """Identifies the job across runs: the same settings, the same key (resume), from
-        whatever directory it is run."""
+        """Identifies the job across runs, from whatever directory it is run: the same key, the
+        same run to resume, the same outputs to replace without --force.
+
+        Only what decides the results is keyed (the `_NOT_KEYED_*` lists name the rest): how
+        fast, how hard or how long a run may go must not turn a resume into a new run, or a
+        lower concurrency after a wall of 429s would start a new run that reports the killed
+        run's own answers as "cached" and refuses its results for --retry-failed."""
         settings = self.settings()
         for section, name in _PATH_SETTINGS:
             value = settings.get(section, {}).get(name)
             if value is not None:
                 settings[section][name] = str(Path(value).resolve())
+        for section in _NOT_KEYED_SECTIONS:
+            settings.pop(section, None)
+        for endpoint in (settings.get("endpoint", {}), *settings.get("endpoints", {}).values()):
+            for name in _NOT_KEYED_ENDPOINT:
+                endpoint.pop(name, None)
+        for model in settings.get("models", {}).values():
+            for name in _NOT_KEYED_MODEL:
+                model.pop(name, None)
+        settings.get("input", {}).pop("batch_rows", None)  # how the input is read, not what
+        settings.get("simulator", {}).pop("balance_usd", None)  # a fresh simulator each run
         canonical = json.dumps(settings, sort_keys=True, separators=(",", ":"))
         return hashlib.blake2b(canonical.encode(), digest_size=12).hexdigest()
 
@@ -356,8 +393,20 @@ _PATH_SETTINGS = (
     ("output", "calls"),
     ("simulator", "models"),
     ("simulator", "replay"),
-    ("store", "path"),
 )
+
+# Left out of `Job.key`. Keyed are the input, the prompt, the route, plans, checks, params,
+# models' prices and fallbacks, the endpoint's URL and charge headers (all change answers or
+# the figures written) and the output paths (a job writing elsewhere is another job, with its
+# own run to resume). Not keyed:
+# - [run]: concurrency, retries, backoff, budget and grace decide how a run goes, not what a
+#   finished row holds; raising the budget or lowering the concurrency must resume the run.
+# - [store]: the store is where run ids live; another store cannot hold this run anyway.
+_NOT_KEYED_SECTIONS = ("run", "store")
+# The client's timeout, its HTTP library and the variable holding the key: the same answers.
+_NOT_KEYED_ENDPOINT = ("timeout_s", "transport", "api_key_env")
+# Rate limits shape the pace of calls, not their answers.
+_NOT_KEYED_MODEL = ("rpm", "tpm", "max_concurrency")
 
 
 def route_targets(job: Job) -> list[str]:

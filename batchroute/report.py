@@ -151,6 +151,7 @@ def render_report(comparison: Comparison, *, title: str | None = None) -> str:
 def write_report(comparison: Comparison, path: Path, *, title: str | None = None) -> None:
     """Write the page to `path` (UTF-8); OutputError when it cannot be written."""
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)  # as `batchroute run` makes its folder
         path.write_text(render_report(comparison, title=title), encoding="utf-8")
     except OSError as exc:
         raise OutputError(f"{path}: cannot write the report: {exc.strerror or exc}") from None

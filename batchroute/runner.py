@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import random
-from collections.abc import AsyncIterator, Iterator
+from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,21 +15,22 @@ import anyio
 import polars as pl
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from batchroute import __version__
 from batchroute.budget import Budget
 from batchroute.caller import Caller
 from batchroute.control import RunControl
 from batchroute.dataset import Batch
 from batchroute.endpoints import endpoint_urls
-from batchroute.errors import BatchrouteError, Interrupted, RunStopped
+from batchroute.errors import BatchrouteError, Interrupted, OutputError, RunStopped
 from batchroute.executor import Executor
 from batchroute.interrupts import watch_signals
 from batchroute.job import Job
 from batchroute.limits import Limits
 from batchroute.models_list import check_served
-from batchroute.preflight import Prepared, RunOptions, prepare
+from batchroute.options import RunOptions
+from batchroute.preflight import Prepared, prepare
 from batchroute.progress import ProgressBar, RunStats, top_tier_cost, top_tier_of
 from batchroute.records import (
+    FAILED,
     SKIPPED,
     CallRecord,
     RowResult,
@@ -41,6 +43,7 @@ from batchroute.router import Plan
 from batchroute.sink import ParquetSink
 from batchroute.store import CallCache, StoreReader, StoreWriter
 from batchroute.transport import Transport, open_transport
+from batchroute.version import __version__
 
 
 @dataclass(slots=True)
@@ -54,14 +57,23 @@ class RunReport:
     summary_line: str
     resumed: bool = False
     stop_error: RunStopped | None = None
+    # The error that ended the most failed rows, and how many it ended; None if none failed.
+    top_error: tuple[str, int] | None = None
+    hints: tuple[str, ...] = ()  # what the checks before the first row suspect is wrong
+
+    @property
+    def no_row_ok(self) -> bool:
+        """Rows failed and not one ended ok (likely a wrong URL, model or key): exit 5."""
+        return self.summary.get("failed", 0) > 0 and self.summary.get("ok", 0) == 0
 
 
 async def arun(job: Job, options: RunOptions | None = None) -> RunReport:
     """Run `job` inside an already running event loop (a notebook, a script using anyio)."""
     options = options or RunOptions()
-    prep = await anyio.to_thread.run_sync(prepare, job, options)
     try:
-        with contextlib.ExitStack() as stack:
+        async with contextlib.AsyncExitStack() as stack:
+            prep = await anyio.to_thread.run_sync(prepare, job, options)
+            stack.callback(prep.close)  # the store, and the job's lock
             # Starting the embedded simulator, if any endpoint is one, blocks: a worker thread.
             base_urls = await anyio.to_thread.run_sync(stack.enter_context, endpoint_urls(job))
             return await _Run(job, prep, options).execute(base_urls)
@@ -69,8 +81,6 @@ async def arun(job: Job, options: RunOptions | None = None) -> RunReport:
         # A task group wraps what its tasks raised; our own errors (bad data met mid-stream,
         # an interrupt) must reach the caller as themselves, to become one-line messages.
         raise _ours(group) or group from None
-    finally:
-        prep.store.close()
     raise AssertionError("unreachable")  # pragma: no cover
 
 
@@ -123,6 +133,8 @@ class _Run:
         self.pending_calls: list[CallRecord] = []
         self.row_scopes: set[anyio.CancelScope] = set()
         self.hard_stop = False
+        self.errors: Counter[str] = Counter()  # failed rows by their error
+        self.hints: list[str] = []
 
     def _sinks(self) -> tuple[ParquetSink, ParquetSink]:
         job, prep = self.job, self.prep
@@ -152,11 +164,87 @@ class _Run:
         return results, calls
 
     async def execute(self, base_urls: dict[str, str]) -> RunReport:
-        """`base_urls`: where each endpoint the job uses listens, by endpoint name."""
+        """`base_urls`: where each endpoint the job uses listens, by endpoint name.
+
+        Everything opened here is closed by one exit stack, in reverse order, however the run
+        ends: the outputs' temporary files are dropped unless finished, then the connections.
+        """
+        async with contextlib.AsyncExitStack() as stack:
+            transports = await self._open_transports(stack, base_urls)
+            results_sink, calls_sink = await self._open_sinks(stack)
+            bar = stack.enter_context(
+                contextlib.closing(ProgressBar(self.stats, quiet=self.options.quiet))
+            )
+            await self._run(transports, bar, results_sink, calls_sink)
+            summary = await self._finish(results_sink, calls_sink)
+        prep = self.prep
+        top_error = self.errors.most_common(1)[0] if self.errors else None
+        summary_line = self.stats.summary_line()
+        if top_error is not None:
+            summary_line += f"; most common error ({top_error[1]} rows): {top_error[0]}"
+        return RunReport(
+            run_id=prep.run_id,
+            results_path=self.job.output.path,
+            calls_path=self.job.output.calls_path,
+            summary=summary,
+            summary_line=summary_line,
+            resumed=prep.resumed,
+            stop_error=self.control.stop_error,
+            top_error=top_error,
+            hints=tuple(self.hints),
+        )
+
+    async def _open_transports(
+        self, stack: contextlib.AsyncExitStack, base_urls: dict[str, str]
+    ) -> dict[str, Transport]:
+        """One transport per endpoint, each checked to serve the job's models."""
+        job, endpoints = self.job, self.job.all_endpoints()
+        transports: dict[str, Transport] = {}
+        for name, base_url in base_urls.items():
+            transports[name] = await stack.enter_async_context(
+                open_transport(
+                    endpoints[name].transport,
+                    base_url=base_url,
+                    api_key=self.prep.api_keys[name],
+                    timeout_s=endpoints[name].timeout_s,
+                    connections=job.run.concurrency,
+                    max_response_bytes=endpoints[name].max_response_bytes,
+                )
+            )
+        if self.options.cache != "offline":  # a model an endpoint lacks stops the run here
+            for name, base_url in base_urls.items():
+                hint = await check_served(
+                    job, endpoint=name, transport=transports[name], base_url=base_url
+                )
+                if hint is not None:
+                    self.hints.append(hint)
+        return transports
+
+    async def _open_sinks(
+        self, stack: contextlib.AsyncExitStack
+    ) -> tuple[ParquetSink, ParquetSink]:
+        """The two outputs, written under temporary names that are dropped unless finished."""
+        sinks = self._sinks()
+        for key, sink in zip(("output.path", "output.calls"), sinks, strict=True):
+            stack.callback(sink.abort)  # after `finish`, a no-op
+            try:
+                await anyio.to_thread.run_sync(sink.open)
+            except OutputError as exc:
+                raise OutputError(f"{self.job.source}: {key}: {exc}") from None
+        return sinks
+
+    async def _run(
+        self,
+        transports: dict[str, Transport],
+        bar: ProgressBar,
+        results_sink: ParquetSink,
+        calls_sink: ParquetSink,
+    ) -> None:
+        """Every row, with the store's reader and writer beside them and, from the command
+        line, the signal watcher above them."""
         job, prep = self.job, self.prep
-        results_sink, calls_sink = self._sinks()
         writer, reader = StoreWriter(prep.store), StoreReader(prep.store)
-        identities = {name: job.endpoint_identity(name) for name in base_urls}
+        identities = {name: job.endpoint_identity(name) for name in transports}
         cache = CallCache(
             prep.store,
             writer,
@@ -166,28 +254,6 @@ class _Run:
             reader=reader,
         )
         await cache.open()
-        endpoints = job.all_endpoints()
-        transports = {
-            name: open_transport(
-                endpoints[name].transport,
-                base_url=base_url,
-                api_key=prep.api_keys[name],
-                timeout_s=endpoints[name].timeout_s,
-                connections=job.run.concurrency,
-                max_response_bytes=endpoints[name].max_response_bytes,
-            )
-            for name, base_url in base_urls.items()
-        }
-        try:
-            if self.options.cache != "offline":  # a model an endpoint lacks stops the run here
-                for name, base_url in base_urls.items():
-                    await check_served(
-                        job, endpoint=name, transport=transports[name], base_url=base_url
-                    )
-        except BaseException:
-            for transport in transports.values():
-                await transport.aclose()
-            raise
         caller = Caller(
             transports,
             job=job,
@@ -198,48 +264,33 @@ class _Run:
             rng=random.Random(),
         )
         executor = Executor(caller, job=job)
-        bar = ProgressBar(self.stats, quiet=self.options.quiet)
-        try:
-            await anyio.to_thread.run_sync(results_sink.open)
-            await anyio.to_thread.run_sync(calls_sink.open)
-            async with _closing(transports), anyio.create_task_group() as outer:
-                if self.options.handle_signals:
-                    outer.start_soon(self._watch_signals, outer.cancel_scope)
-                async with anyio.create_task_group() as inner:
-                    inner.start_soon(writer.run)
-                    inner.start_soon(reader.run)
-                    try:
-                        await self._pipeline(executor, bar, results_sink, calls_sink)
-                    finally:
-                        writer.close()  # the writer commits what is queued, then ends
-                        reader.close()
-                outer.cancel_scope.cancel()  # the signal watcher's work is done
-            if self.hard_stop:
-                raise Interrupted("stopped at once; every finished call is in the store")
-            self.stats.balances_usd = dict(self.control.balances_usd)
-            summary = self.stats.as_dict()
-            finished = {"finished_at": datetime.now(UTC).isoformat(), "summary": summary}
-            await anyio.to_thread.run_sync(results_sink.finish, finished)
-            await anyio.to_thread.run_sync(calls_sink.finish, finished)
-            if self.control.stop_error is None:
-                # A run that stopped early stays open in the store: the same command resumes
-                # it, and the calls it paid for are not "cached" when it does.
-                await anyio.to_thread.run_sync(prep.store.finish_run, prep.run_id)
-        except BaseException:
-            results_sink.abort()
-            calls_sink.abort()
-            raise
-        finally:
-            bar.close()
-        return RunReport(
-            run_id=prep.run_id,
-            results_path=job.output.path,
-            calls_path=job.output.calls_path,
-            summary=summary,
-            summary_line=self.stats.summary_line(),
-            resumed=prep.resumed,
-            stop_error=self.control.stop_error,
-        )
+        async with anyio.create_task_group() as outer:
+            if self.options.handle_signals:
+                outer.start_soon(self._watch_signals, outer.cancel_scope)
+            async with anyio.create_task_group() as inner:
+                inner.start_soon(writer.run)
+                inner.start_soon(reader.run)
+                try:
+                    await self._pipeline(executor, bar, results_sink, calls_sink)
+                finally:
+                    writer.close()  # the writer commits what is queued, then ends
+                    reader.close()
+            outer.cancel_scope.cancel()  # the signal watcher's work is done
+        if self.hard_stop:
+            raise Interrupted("stopped at once; every finished call is in the store")
+
+    async def _finish(self, results_sink: ParquetSink, calls_sink: ParquetSink) -> dict[str, Any]:
+        """Move the outputs into place with the summary; close the run in the store."""
+        self.stats.balances_usd = dict(self.control.balances_usd)
+        summary = self.stats.as_dict()
+        finished = {"finished_at": datetime.now(UTC).isoformat(), "summary": summary}
+        await anyio.to_thread.run_sync(results_sink.finish, finished)
+        await anyio.to_thread.run_sync(calls_sink.finish, finished)
+        if self.control.stop_error is None:
+            # A run that stopped early stays open in the store: the same command resumes
+            # it, and the calls it paid for are not "cached" when it does.
+            await anyio.to_thread.run_sync(self.prep.store.finish_run, self.prep.run_id)
+        return summary
 
     async def _watch_signals(self, outer: anyio.CancelScope) -> None:
         def cancel_in_flight() -> None:
@@ -302,6 +353,8 @@ class _Run:
                     slot.results[index] = result
                     self.pending_calls.extend(result.calls)
                     stats.add(result, top_tier_cost=top_tier_cost(result, plan, job, top))
+                    if result.status == FAILED:
+                        self.errors[result.error or "unknown error"] += 1
                     bar.update()
                     slot.remaining -= 1
                     if slot.remaining == 0:
@@ -355,15 +408,6 @@ class _Run:
             status=SKIPPED,
             error="interrupted: the call in flight was cancelled",
         )
-
-
-@contextlib.asynccontextmanager
-async def _closing(transports: dict[str, Transport]) -> AsyncIterator[None]:
-    try:
-        yield
-    finally:
-        for transport in transports.values():
-            await transport.aclose()
 
 
 def _read_batch(batches: Iterator[Batch]) -> tuple[Batch, list[dict[str, Any]]] | None:
