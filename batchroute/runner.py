@@ -20,7 +20,7 @@ from batchroute.caller import Caller
 from batchroute.control import RunControl
 from batchroute.dataset import Batch
 from batchroute.endpoints import endpoint_urls
-from batchroute.errors import BatchrouteError, Interrupted, OutputError, RunStopped
+from batchroute.errors import BatchrouteError, DatasetError, Interrupted, OutputError, RunStopped
 from batchroute.executor import Executor
 from batchroute.interrupts import watch_signals
 from batchroute.job import Job
@@ -135,6 +135,9 @@ class _Run:
         self.hard_stop = False
         self.errors: Counter[str] = Counter()  # failed rows by their error
         self.hints: list[str] = []
+        # A row that stops converting mid-stream (the file changed under the run): the rows
+        # before it were paid for, so they are written first and the error raised after.
+        self.dataset_error: DatasetError | None = None
 
     def _sinks(self) -> tuple[ParquetSink, ParquetSink]:
         job, prep = self.job, self.prep
@@ -177,6 +180,8 @@ class _Run:
             )
             await self._run(transports, bar, results_sink, calls_sink)
             summary = await self._finish(results_sink, calls_sink)
+        if self.dataset_error is not None:
+            raise self.dataset_error
         prep = self.prep
         top_error = self.errors.most_common(1)[0] if self.errors else None
         summary_line = self.stats.summary_line()
@@ -286,7 +291,7 @@ class _Run:
         finished = {"finished_at": datetime.now(UTC).isoformat(), "summary": summary}
         await anyio.to_thread.run_sync(results_sink.finish, finished)
         await anyio.to_thread.run_sync(calls_sink.finish, finished)
-        if self.control.stop_error is None:
+        if self.control.stop_error is None and self.dataset_error is None:
             # A run that stopped early stays open in the store: the same command resumes
             # it, and the calls it paid for are not "cached" when it does.
             await anyio.to_thread.run_sync(self.prep.store.finish_run, self.prep.run_id)
@@ -333,7 +338,7 @@ class _Run:
         async def produce() -> None:
             async with rows_send, slots_send:
                 batches = prep.dataset.batches()
-                while (read := await anyio.to_thread.run_sync(_read_batch, batches)) is not None:
+                while (read := await self._next_batch(batches)) is not None:
                     batch, rows = read
                     await in_flight.acquire()
                     plans = prep.router.route(batch.frame)
@@ -376,6 +381,17 @@ class _Run:
             for _ in range(concurrency):
                 tg.start_soon(work, rows_recv.clone())
             rows_recv.close()
+
+    async def _next_batch(
+        self, batches: Iterator[Batch]
+    ) -> tuple[Batch, list[dict[str, Any]]] | None:
+        """The next batch; at a row that no longer converts, the end of the stream: the rows
+        already queued still run and are written, and `execute` raises the error after."""
+        try:
+            return await anyio.to_thread.run_sync(_read_batch, batches)
+        except DatasetError as exc:
+            self.dataset_error = exc
+            return None
 
     def _write_batch(
         self,
