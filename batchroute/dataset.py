@@ -16,10 +16,9 @@ from batchroute.csv_input import (
     CsvLayout,
     bad_value,
     infer_layout,
-    one_line,
     require_utf8,
 )
-from batchroute.errors import DatasetError
+from batchroute.errors import DatasetError, one_line
 
 if TYPE_CHECKING:
     from batchroute.job import ColumnType, Job

@@ -81,14 +81,17 @@ class Interrupted(RunStopped):
 EXIT_NO_ROW_OK = 5  # the run ended, but not one row is ok: likely a wrong URL, model or key
 
 
-def one_line(what: BaseException | str, *, limit: int = 300) -> str:
-    """A message fit for one line of output: the first non-blank line of `what`, its runs of
-    whitespace collapsed, cut at `limit` characters. An exception without a message gives its
-    class name; an OSError its `strerror` and file, without the "[Errno N]" prefix."""
+def one_line(what: BaseException | str, *, limit: int = 300, whole: bool = False) -> str:
+    """A message fit for one line of output: the first non-blank line of `what` (with `whole`,
+    all its lines joined: a server's error body may put the reason on its second line), its
+    runs of whitespace collapsed, cut at `limit` characters. An exception without a message
+    gives its class name; an OSError its `strerror` and file, without the "[Errno N]" prefix."""
     if isinstance(what, OSError) and what.strerror:
         text = what.strerror + (f": {what.filename}" if what.filename else "")
     else:
         text = str(what)
+    if whole:
+        text = " ".join(text.split())
     lines = [" ".join(line.split()) for line in text.splitlines()]
     line = next((line for line in lines if line), "")
     if not line:

@@ -26,6 +26,7 @@ from urllib.parse import urlencode
 import aiohttp
 import anyio
 
+from batchroute.errors import one_line
 from batchroute.version import __version__
 
 if TYPE_CHECKING:
@@ -177,7 +178,8 @@ class AiohttpTransport(_Closing):
         except TimeoutError:  # aiohttp's timeouts subclass it
             raise TransportTimeout("request timed out") from None
         except aiohttp.ClientError as exc:  # refused, reset, cut short, or not HTTP at all
-            raise TransportConnection(_describe(exc)) from None
+            # str(): aiohttp's connection errors are OSErrors whose strerror leaves out the host
+            raise TransportConnection(one_line(str(exc)) or type(exc).__name__) from None
         return _reply(status, headers, raw.decode("utf-8", "replace"))
 
     async def _read(self, response: aiohttp.ClientResponse) -> bytes:
@@ -268,8 +270,3 @@ def _reply(status: int, headers: Mapping[str, str], text: str) -> Reply:
     except ValueError:
         body = None
     return Reply(status, headers, body, text)
-
-
-def _describe(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text or type(exc).__name__
