@@ -23,8 +23,6 @@ from batchroute.errors import DatasetError, one_line
 if TYPE_CHECKING:
     from batchroute.job import ColumnType, Job
 
-ROW_ID = "row_id"
-
 
 @dataclass(frozen=True, slots=True)
 class Batch:

@@ -13,12 +13,12 @@ from typing import Any
 
 from batchroute.caller import Caller, TierOutcome
 from batchroute.checks import GraderError, Subject, Verdict
-from batchroute.classifier import Classifier
+from batchroute.classifier import Classifier, PendingPlan
 from batchroute.errors import FailureKind
 from batchroute.job import Job
 from batchroute.prompts import BadRowInput, Message, build_messages
 from batchroute.records import CLASSIFIER, FAILED, JUDGE, OK, SKIPPED, RowResult
-from batchroute.router import Plan
+from batchroute.router import Plan, Routed
 from batchroute.shadow import ShadowPolicy
 
 
@@ -32,7 +32,7 @@ class Executor:
         self._messages_column = job.input.messages
         self._shadow = ShadowPolicy.from_job(job)
 
-    async def run_row(self, row_id: object, row: Mapping[str, Any], plan: Plan) -> RowResult:
+    async def run_row(self, row_id: object, row: Mapping[str, Any], plan: Routed) -> RowResult:
         result = RowResult(row_id=row_id, plan=plan.name, rule=plan.rule)
         result.route_key = plan.rule or plan.name
         try:
@@ -45,7 +45,7 @@ class Executor:
         except BadRowInput as exc:
             result.status, result.error = FAILED, f"bad input: {exc}"
             return result
-        if plan.classifier is not None:
+        if isinstance(plan, PendingPlan):
             plan = await self._classify(row_id, row=row, classifier=plan.classifier, result=result)
         verdicts = await self._run_tiers(
             row_id, row=row, messages=messages, plan=plan, result=result

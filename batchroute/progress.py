@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 from batchroute.job import Job
 from batchroute.records import FAILED, OK, SKIPPED, RowResult
-from batchroute.router import Plan, Router
+from batchroute.router import Router
 from batchroute.shadow import RouteStats
 
 
@@ -187,14 +187,20 @@ class ProgressBar:
 
 
 def top_tier_of(router: Router) -> str | None:
-    """The model every row would go to in the "all on the best model" baseline."""
+    """The model every row would go to in the "all on the best model" baseline.
+
+    The run knows its plans, so its top tier is the last tier they share. `compare` reads
+    only outputs and takes the model with the dearest mean answer call instead
+    (`comparison._top_tier`): the two agree on a cascade and may differ on rules or a
+    classifier, where the run names no top tier at all.
+    """
     tops = {plan.tiers[-1] for plan in router.plans()}
     if len(tops) != 1 or all(not plan.is_cascade for plan in router.plans()):
         return None
     return tops.pop()
 
 
-def top_tier_cost(result: RowResult, plan: Plan, job: Job, top: str | None) -> float | None:
+def top_tier_cost(result: RowResult, *, job: Job, top: str | None) -> float | None:
     """The row's cost had it gone straight to the top tier: paid if it did, else priced."""
     if top is None:
         return None

@@ -11,12 +11,12 @@ from datetime import UTC, datetime
 from html import escape
 from pathlib import Path
 
-from batchroute import __version__
 from batchroute.charts import cost_quality, model_mix
 from batchroute.compare_format import display_rows, shares_text, shown_keys
 from batchroute.comparison import Comparison
 from batchroute.errors import OutputError
 from batchroute.svg_charts import cost_quality_svg, model_mix_svg
+from batchroute.version import __version__
 
 __all__ = ["render_report", "write_report"]
 

@@ -39,7 +39,7 @@ from batchroute.records import (
     result_schema,
     results_frame,
 )
-from batchroute.router import Plan
+from batchroute.router import Routed
 from batchroute.sink import ParquetSink
 from batchroute.store import CallCache, StoreReader, StoreWriter
 from batchroute.transport import Transport, open_transport
@@ -329,7 +329,7 @@ class _Run:
         concurrency = job.run.concurrency
         window = 2 + -(-2 * concurrency // job.input.batch_rows)
         in_flight = anyio.Semaphore(window)
-        rows_send, rows_recv = anyio.create_memory_object_stream[tuple[_BatchSlot, int, Plan]](
+        rows_send, rows_recv = anyio.create_memory_object_stream[tuple[_BatchSlot, int, Routed]](
             concurrency
         )
         slots_send, slots_recv = anyio.create_memory_object_stream[_BatchSlot](window)
@@ -350,14 +350,14 @@ class _Run:
                     for index, plan in enumerate(plans):
                         await _send(rows_send, (slot, index, plan))
 
-        async def work(receive: MemoryObjectReceiveStream[tuple[_BatchSlot, int, Plan]]) -> None:
+        async def work(receive: MemoryObjectReceiveStream[tuple[_BatchSlot, int, Routed]]) -> None:
             async with receive:
                 while (item := await _receive(receive)) is not None:
                     slot, index, plan = item
                     result = await self._run_row(executor, slot, index, plan)
                     slot.results[index] = result
                     self.pending_calls.extend(result.calls)
-                    stats.add(result, top_tier_cost=top_tier_cost(result, plan, job, top))
+                    stats.add(result, top_tier_cost=top_tier_cost(result, job=job, top=top))
                     if result.status == FAILED:
                         self.errors[result.error or "unknown error"] += 1
                     bar.update()
@@ -407,7 +407,7 @@ class _Run:
         calls_sink.write(calls_frame(calls, id_dtype=self.id_dtype))
 
     async def _run_row(
-        self, executor: Executor, slot: _BatchSlot, index: int, plan: Plan
+        self, executor: Executor, slot: _BatchSlot, index: int, plan: Routed
     ) -> RowResult:
         """One row, cancellable when an interrupt's grace period ends."""
         row_id = slot.batch.row_ids[index]
