@@ -7,7 +7,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import polars as pl
 
@@ -20,7 +20,18 @@ from batchroute.router import Router, build_router
 from batchroute.sink import read_metadata
 from batchroute.store import CallStore
 
+if TYPE_CHECKING:
+    from batchroute.transport import Transport
+
 CacheMode = Literal["use", "off", "offline"]
+
+
+class TransportFactory(Protocol):
+    """Builds the transport of endpoint `name` in place of `open_transport` (tests only)."""
+
+    def __call__(
+        self, name: str, /, *, base_url: str, api_key: str, timeout_s: float
+    ) -> Transport: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +44,8 @@ class RunOptions:
     retry_failed: Path | None = None  # an earlier results file whose failed rows to rerun
     handle_signals: bool = False  # only in the main thread of a CLI process
     limit_rows: int | None = None  # only the first rows (estimate --sample)
+    # Not a flag: tests answer calls in-process with it; no embedded simulator is started.
+    transport_factory: TransportFactory | None = None
 
 
 @dataclass(slots=True)

@@ -19,7 +19,7 @@ from batchroute.budget import Budget
 from batchroute.caller import Caller
 from batchroute.control import RunControl
 from batchroute.dataset import Batch
-from batchroute.endpoints import endpoint_urls
+from batchroute.endpoints import endpoint_urls, used_endpoints
 from batchroute.errors import BatchrouteError, Interrupted, RunStopped
 from batchroute.executor import Executor
 from batchroute.interrupts import watch_signals
@@ -63,7 +63,10 @@ async def arun(job: Job, options: RunOptions | None = None) -> RunReport:
     try:
         with contextlib.ExitStack() as stack:
             # Starting the embedded simulator, if any endpoint is one, blocks: a worker thread.
-            base_urls = await anyio.to_thread.run_sync(stack.enter_context, endpoint_urls(job))
+            if options.transport_factory is None:
+                base_urls = await anyio.to_thread.run_sync(stack.enter_context, endpoint_urls(job))
+            else:  # the factory's transports answer; nothing listens
+                base_urls = {name: e.base_url for name, e in used_endpoints(job).items()}
             return await _Run(job, prep, options).execute(base_urls)
     except BaseExceptionGroup as group:
         # A task group wraps what its tasks raised; our own errors (bad data met mid-stream,
@@ -166,16 +169,8 @@ class _Run:
             reader=reader,
         )
         await cache.open()
-        endpoints = job.all_endpoints()
         transports = {
-            name: open_transport(
-                endpoints[name].transport,
-                base_url=base_url,
-                api_key=prep.api_keys[name],
-                timeout_s=endpoints[name].timeout_s,
-                connections=job.run.concurrency,
-            )
-            for name, base_url in base_urls.items()
+            name: self._transport(name, base_url=base_url) for name, base_url in base_urls.items()
         }
         try:
             if self.options.cache != "offline":  # a model an endpoint lacks stops the run here
@@ -238,6 +233,19 @@ class _Run:
             summary_line=self.stats.summary_line(),
             resumed=prep.resumed,
             stop_error=self.control.stop_error,
+        )
+
+    def _transport(self, name: str, *, base_url: str) -> Transport:
+        """Endpoint `name`'s transport: the options' factory's (tests), else a real one."""
+        endpoint, api_key = self.job.all_endpoints()[name], self.prep.api_keys[name]
+        if (make := self.options.transport_factory) is not None:
+            return make(name, base_url=base_url, api_key=api_key, timeout_s=endpoint.timeout_s)
+        return open_transport(
+            endpoint.transport,
+            base_url=base_url,
+            api_key=api_key,
+            timeout_s=endpoint.timeout_s,
+            connections=self.job.run.concurrency,
         )
 
     async def _watch_signals(self, outer: anyio.CancelScope) -> None:
