@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -33,7 +34,17 @@ def sim_config(tmp_path_factory: pytest.TempPathFactory) -> SimConfig:
 
 
 @pytest.fixture
-def inproc_sim(sim_config: SimConfig) -> InProcessSim:
+def inproc_sim(
+    sim_config: SimConfig, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[InProcessSim]:
     """A new in-process simulator per test, with `sim`'s models and seed: jobs that name its
     `base_url` and run through `inproc_sim.run` are answered without a socket."""
-    return InProcessSim(Sim(sim_config, seed=SIM_SEED))
+    path = list(sys.path)
+    yield InProcessSim(Sim(sim_config, seed=SIM_SEED))
+    # A job's python checks are imported from its directory, into this process: forget them,
+    # as the end of a CLI process would, so the next test imports its own.
+    sys.path[:] = path
+    scratch = str(tmp_path_factory.getbasetemp())
+    for name, module in list(sys.modules.items()):
+        if (getattr(module, "__file__", None) or "").startswith(scratch):
+            del sys.modules[name]
