@@ -18,7 +18,6 @@ from typing import Any
 
 from batchroute.sim import answers
 from batchroute.sim.config import ModelSpec
-from batchroute.sim.replay import ReplayMiss
 from batchroute.sim.request import BadRequest, ChatRequest, parse_chat
 from batchroute.sim.state import ModelBook, Sim
 
@@ -166,6 +165,8 @@ async def chat(sim: Sim, raw: bytes, *, authorization: str | None) -> Response:
 
 def _replayed(sim: Sim, req: ChatRequest, *, book: ModelBook) -> Response:
     """Replay mode: the recorded response, usage and cost; no latency, limits or faults."""
+    from batchroute.sim.replay import ReplayMiss  # polars: loaded only when replaying
+
     assert sim.replay is not None
     rid = sim.next_id()
     headers = {"x-request-id": f"req_{rid}"}

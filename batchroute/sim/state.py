@@ -6,12 +6,14 @@ import itertools
 import os
 import random
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from batchroute.sim import answers
 from batchroute.sim.config import ModelSpec, SimConfig
-from batchroute.sim.replay import ReplayTable
 from batchroute.sim.window import RateWindow
+
+if TYPE_CHECKING:  # replay needs polars, which a simulator without --replay never loads
+    from batchroute.sim.replay import ReplayTable
 
 __all__ = ["ERROR_KEYS", "ModelBook", "Sim"]
 
