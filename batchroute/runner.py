@@ -19,7 +19,7 @@ from batchroute.budget import Budget
 from batchroute.caller import Caller
 from batchroute.control import RunControl
 from batchroute.dataset import Batch
-from batchroute.endpoints import endpoint_urls
+from batchroute.endpoints import endpoint_urls, used_endpoints
 from batchroute.errors import BatchrouteError, DatasetError, Interrupted, OutputError, RunStopped
 from batchroute.executor import Executor
 from batchroute.interrupts import watch_signals
@@ -75,7 +75,10 @@ async def arun(job: Job, options: RunOptions | None = None) -> RunReport:
             prep = await anyio.to_thread.run_sync(prepare, job, options)
             stack.callback(prep.close)  # the store, and the job's lock
             # Starting the embedded simulator, if any endpoint is one, blocks: a worker thread.
-            base_urls = await anyio.to_thread.run_sync(stack.enter_context, endpoint_urls(job))
+            if options.transport_factory is None:
+                base_urls = await anyio.to_thread.run_sync(stack.enter_context, endpoint_urls(job))
+            else:  # the factory's transports answer; nothing listens
+                base_urls = {name: e.base_url for name, e in used_endpoints(job).items()}
             return await _Run(job, prep, options).execute(base_urls)
     except BaseExceptionGroup as group:
         # A task group wraps what its tasks raised; our own errors (bad data met mid-stream,
@@ -203,18 +206,11 @@ class _Run:
         self, stack: contextlib.AsyncExitStack, base_urls: dict[str, str]
     ) -> dict[str, Transport]:
         """One transport per endpoint, each checked to serve the job's models."""
-        job, endpoints = self.job, self.job.all_endpoints()
+        job = self.job
         transports: dict[str, Transport] = {}
         for name, base_url in base_urls.items():
             transports[name] = await stack.enter_async_context(
-                open_transport(
-                    endpoints[name].transport,
-                    base_url=base_url,
-                    api_key=self.prep.api_keys[name],
-                    timeout_s=endpoints[name].timeout_s,
-                    connections=job.run.concurrency,
-                    max_response_bytes=endpoints[name].max_response_bytes,
-                )
+                self._transport(name, base_url=base_url)
             )
         if self.options.cache != "offline":  # a model an endpoint lacks stops the run here
             for name, base_url in base_urls.items():
@@ -296,6 +292,20 @@ class _Run:
             # it, and the calls it paid for are not "cached" when it does.
             await anyio.to_thread.run_sync(self.prep.store.finish_run, self.prep.run_id)
         return summary
+
+    def _transport(self, name: str, *, base_url: str) -> Transport:
+        """Endpoint `name`'s transport: the options' factory's (tests), else a real one."""
+        endpoint, api_key = self.job.all_endpoints()[name], self.prep.api_keys[name]
+        if (make := self.options.transport_factory) is not None:
+            return make(name, base_url=base_url, api_key=api_key, timeout_s=endpoint.timeout_s)
+        return open_transport(
+            endpoint.transport,
+            base_url=base_url,
+            api_key=api_key,
+            timeout_s=endpoint.timeout_s,
+            connections=self.job.run.concurrency,
+            max_response_bytes=endpoint.max_response_bytes,
+        )
 
     async def _watch_signals(self, outer: anyio.CancelScope) -> None:
         def cancel_in_flight() -> None:
