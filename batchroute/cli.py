@@ -273,10 +273,11 @@ def _show_warnings() -> None:
 def _run(args: argparse.Namespace) -> int:
     from batchroute.job import load_job
     from batchroute.options import RunOptions
+
+    job = load_job(args.job)  # before the runner's imports: a bad job file fails in a blink
     from batchroute.runner import run
     from batchroute.shadow import shadow_lines
 
-    job = load_job(args.job)
     options = RunOptions(
         force=args.force,
         quiet=args.quiet,
