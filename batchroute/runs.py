@@ -10,6 +10,7 @@ from typing import Any
 import polars as pl
 
 from batchroute.errors import DatasetError
+from batchroute.parsed import PARSED, parser_for
 from batchroute.results import read_calls
 from batchroute.sink import read_metadata
 
@@ -32,6 +33,35 @@ class Run:
     @property
     def strategy(self) -> str:
         return str(self.metadata.get("strategy", "?"))
+
+    def parsed_column(self) -> pl.Series | None:
+        """The typed `parsed` column: the one written, else the answers read now with the
+        schema of the job in the metadata (a run from before the column existed); None when
+        the job had no JSON schema."""
+        if PARSED in self.results.columns:
+            return self.results[PARSED]
+        parser = parser_for(self.metadata.get("job") or {})
+        if parser is None or "answer" not in self.results.columns:
+            return None
+        return parser.parse(self.results["answer"].to_list())
+
+    def parsed(self) -> pl.DataFrame:
+        """`row_id` and one typed column per field of the answer's schema (`parsed` unnested);
+        DatasetError when the job had no JSON schema."""
+        column = self.parsed_column()
+        if column is None:
+            raise DatasetError(f"{self.path}: the job has no JSON schema, so no parsed answer")
+        frame = pl.DataFrame([self.results["row_id"], column])
+        if isinstance(column.dtype, pl.Struct):
+            names = [f.name for f in column.dtype.fields]
+            if "row_id" in names:  # a field of that name: the field is kept under `parsed.`
+                frame = frame.with_columns(
+                    column.struct.rename_fields(
+                        [f"{PARSED}.{n}" if n == "row_id" else n for n in names]
+                    )
+                )
+            frame = frame.unnest(PARSED)
+        return frame
 
     def results_with_calls(self) -> pl.DataFrame:
         """The results, each row with its calls as a list of structs in `call_records`."""
