@@ -109,6 +109,7 @@ _SCHEMA: dict[str, Any] = {
     "calls": pl.Int64(),
     "escalation_rate": pl.Float64(),
     "fallback_rate": pl.Float64(),
+    "repair_rate": pl.Float64(),
     "cost_per_row_usd": pl.Float64(),
     "total_usd": pl.Float64(),
     "new_spend_usd": pl.Float64(),
@@ -224,6 +225,8 @@ def _figures(run: Run, *, truth: Truth | None, top: str | None) -> dict[str, Any
         "calls": charged.height,
         "escalation_rate": _mean(ran["escalated"]),
         "fallback_rate": _mean(ran["fallback_used"]),
+        # rows a repair turn saved from escalating (`run.repair_attempts`); 0 before repairs
+        "repair_rate": _mean(ran["repaired"]) if "repaired" in ran.columns else 0.0,
         "cost_per_row_usd": total / ran.height if ran.height and total is not None else None,
         "total_usd": total,
         # cached is part of total, so only float noise could make the difference negative

@@ -22,6 +22,7 @@ OK, FAILED, SKIPPED = "ok", "failed", "skipped"
 # purpose values: why a call was made. Every purpose is charged to the row, except calls
 # made for shadow sampling (`shadow = true`), which are kept apart in `shadow_cost_usd`.
 ANSWER, CLASSIFIER, JUDGE = "answer", "classifier", "judge"
+REPAIR = "repair"  # another turn for an answer that failed a format check (repair.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +83,8 @@ class RowResult:
     label_unknown: bool = False  # the classifier's label picked no target: the default did
     past_cheapest: bool = False  # the router sent the row past the cheapest tier
     shadow_passed: bool | None = None  # sampled: would the cheapest tier have passed?
+    repairs: int = 0  # repair turns asked for (`run.repair_attempts`)
+    repaired: bool = False  # a repair turn's answer passed the check
 
     @property
     def charged_calls(self) -> list[CallRecord]:
@@ -190,6 +193,9 @@ def result_schema(
         "classifier_cost_usd": pl.Float64(),
         "shadow_passed": pl.Boolean(),
         "shadow_cost_usd": pl.Float64(),
+        # repair turns
+        "repairs": pl.Int32(),
+        "repaired": pl.Boolean(),
     }
     if parser is not None:
         schema[PARSED] = parser.dtype
@@ -234,6 +240,8 @@ def results_frame(
         columns["classifier_cost_usd"].append(r.classifier_cost_usd)
         columns["shadow_passed"].append(r.shadow_passed)
         columns["shadow_cost_usd"].append(r.shadow_cost_usd)
+        columns["repairs"].append(r.repairs)
+        columns["repaired"].append(r.repaired)
     frame = pl.DataFrame(columns, schema=schema)
     if parser is not None:
         frame = frame.with_columns(parser.parse([r.answer for r in results]))
