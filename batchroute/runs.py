@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, overload
 
 import polars as pl
+from pydantic import BaseModel, ValidationError
 
 from batchroute.errors import DatasetError
 from batchroute.parsed import PARSED, parser_for
@@ -15,6 +16,8 @@ from batchroute.results import read_calls
 from batchroute.sink import read_metadata
 
 __all__ = ["Run", "read_run", "read_runs"]
+
+M = TypeVar("M", bound=BaseModel)
 
 
 @dataclass(frozen=True)
@@ -45,9 +48,20 @@ class Run:
             return None
         return parser.parse(self.results["answer"].to_list())
 
-    def parsed(self) -> pl.DataFrame:
+    @overload
+    def parsed(self) -> pl.DataFrame: ...
+
+    @overload
+    def parsed(self, model: type[M]) -> list[M | None]: ...
+
+    def parsed(self, model: type[M] | None = None) -> pl.DataFrame | list[M | None]:
         """`row_id` and one typed column per field of the answer's schema (`parsed` unnested);
-        DatasetError when the job had no JSON schema."""
+        DatasetError when the job had no JSON schema.
+
+        With a pydantic `model`: each row's answer validated into an instance, in row order;
+        None for a row without an answer or whose answer does not validate."""
+        if model is not None:
+            return [_validated(model, a) for a in self.results["answer"].to_list()]
         column = self.parsed_column()
         if column is None:
             raise DatasetError(f"{self.path}: the job has no JSON schema, so no parsed answer")
@@ -69,6 +83,15 @@ class Run:
             pl.struct(pl.exclude("row_id")).alias("call_records")
         )
         return self.results.join(nested, on="row_id", how="left", nulls_equal=True)
+
+
+def _validated(model: type[M], answer: str | None) -> M | None:
+    if answer is None:
+        return None
+    try:
+        return model.model_validate_json(answer)
+    except ValidationError:
+        return None
 
 
 def read_run(path: Path | str) -> Run:
