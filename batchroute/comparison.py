@@ -29,7 +29,15 @@ from batchroute.job import Prices
 from batchroute.runs import Run, read_run, read_runs
 from batchroute.truth import Scorer, Truth
 
-__all__ = ["Comparison", "Run", "compare", "compare_runs", "read_run", "read_runs"]
+__all__ = [
+    "Comparison",
+    "Run",
+    "compare",
+    "compare_runs",
+    "compare_table",
+    "read_run",
+    "read_runs",
+]
 
 _MIX = pl.List(pl.Struct({"name": pl.String(), "share": pl.Float64()}))
 
@@ -42,6 +50,12 @@ class Comparison:
     runs: tuple[Run, ...]
     top_tier: str | None
     notes: tuple[str, ...] = field(default=())
+
+    def _repr_html_(self) -> str:
+        """The table, its notes and the charts, in a notebook."""
+        from batchroute.notebook_html import comparison_html
+
+        return comparison_html(self)
 
 
 def compare(
@@ -57,11 +71,26 @@ def compare(
     `truth` is a column of the input (exact match after normalisation) or a scorer
     `f(row, answer) -> bool | (bool, reason)`; with it come `accuracy` and `accuracy_kept`.
     """
+    return compare_table(
+        paths, truth=truth, answer_path=answer_path, top_tier=top_tier, allow_mixed=allow_mixed
+    ).frame
+
+
+def compare_table(
+    paths: Sequence[Path | str] | Path | str,
+    *,
+    truth: str | Scorer | None = None,
+    answer_path: str | None = None,
+    top_tier: str | None = None,
+    allow_mixed: bool = False,
+) -> Comparison:
+    """`compare`, keeping the notes and the runs with the table: what the command line
+    prints, and in a notebook the table with its notes and charts."""
     if isinstance(paths, str | Path):
         paths = [paths]
     runs = read_runs(paths)
     spec = None if truth is None else Truth.of(truth, answer_path=answer_path)
-    return compare_runs(runs, truth=spec, top_tier=top_tier, allow_mixed=allow_mixed).frame
+    return compare_runs(runs, truth=spec, top_tier=top_tier, allow_mixed=allow_mixed)
 
 
 def compare_runs(

@@ -62,6 +62,12 @@ class RunReport:
     top_error: tuple[str, int] | None = None
     hints: tuple[str, ...] = ()  # what the checks before the first row suspect is wrong
 
+    def _repr_html_(self) -> str:
+        """The summary, the figures and the outputs' paths, in a notebook."""
+        from batchroute.notebook_html import report_html
+
+        return report_html(self)
+
     @property
     def no_row_ok(self) -> bool:
         """Rows failed and not one ended ok (likely a wrong URL, model or key): exit 5."""

@@ -77,6 +77,12 @@ class Run:
             frame = frame.unnest(PARSED)
         return frame
 
+    def _repr_html_(self) -> str:
+        """Its identity, figures and first rows (with the parsed fields), in a notebook."""
+        from batchroute.notebook_html import run_html
+
+        return run_html(self)
+
     def results_with_calls(self) -> pl.DataFrame:
         """The results, each row with its calls as a list of structs in `call_records`."""
         nested = self.calls.group_by("row_id", maintain_order=True).agg(
