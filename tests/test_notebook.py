@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -140,3 +143,72 @@ def test_html_escapes_what_the_data_holds(tmp_path: Path) -> None:
     html = _frame(pl.DataFrame({"answer": ["<script>alert(1)</script>"]}))
     page = _Page(html)
     assert "script" not in page.tags and "<script>alert(1)</script>" in page.all_text
+
+
+# Loaded by every Python process of the notebook's kernel (and the simulator it starts): any
+# connection to another address than loopback fails, which fails the cell that made it.
+_LOOPBACK_ONLY = """
+import socket
+
+_connect = socket.socket.connect
+
+
+def _loopback_only(self, address):
+    if self.family in (socket.AF_INET, socket.AF_INET6) and address[0] not in (
+        "127.0.0.1", "::1", "localhost"
+    ):
+        raise OSError(f"test_notebook: a connection to {address[0]}; only loopback is allowed")
+    return _connect(self, address)
+
+
+socket.socket.connect = _loopback_only
+"""
+
+
+def test_the_example_notebook_runs_in_a_kernel_talking_only_to_loopback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    nbclient = pytest.importorskip("nbclient")
+    nbformat = pytest.importorskip("nbformat")
+    # A copy of the repository's layout, so the notebook writes nothing into the repository.
+    for name in ("examples", "jobs"):
+        (tmp_path / name).mkdir()
+    shutil.copy(ROOT / "examples/explore.ipynb", tmp_path / "examples")
+    for job in ("demo", "fixed", "top"):
+        shutil.copy(ROOT / f"jobs/{job}.toml", tmp_path / "jobs")
+    (tmp_path / "data").symlink_to(ROOT / "data", target_is_directory=True)
+    guard = tmp_path / "guard"
+    guard.mkdir()
+    (guard / "sitecustomize.py").write_text(_LOOPBACK_ONLY, encoding="utf-8")
+    monkeypatch.setenv("PYTHONPATH", str(guard))
+    probe = subprocess.run(
+        [sys.executable, "-c", "import socket; socket.create_connection(('192.0.2.1', 9), 1)"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert "only loopback is allowed" in probe.stderr  # the guard is in force
+
+    notebook = nbformat.read(tmp_path / "examples/explore.ipynb", as_version=4)
+    assert all(not cell.get("outputs") for cell in notebook.cells)  # stored without outputs
+    client = nbclient.NotebookClient(
+        notebook,
+        timeout=240,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(tmp_path / "examples")}},
+    )
+    client.execute()  # raises CellExecutionError on any cell's error
+
+    outputs = [cell.get("outputs", []) for cell in notebook.cells if cell.cell_type == "code"]
+    html = [
+        "".join(o.get("data", {}).get("text/html", "") for o in cell_outputs)
+        for cell_outputs in outputs
+    ]
+    assert "batchroute run" in html[1]  # the RunReport
+    assert "parsed.answer (String)" in html[2]  # the Run, with its parsed fields
+    assert "accuracy" in html[5] and "mean_confidence" in html[5]  # per model
+    assert "<svg" in html[6] and "Cost versus quality" in html[6]  # the comparison
+    svg = "".join(o.get("data", {}).get("image/svg+xml", "") for o in outputs[7])
+    assert 'id="cost-quality"' in svg
+    for name in ("cascade", "fixed", "top"):
+        assert (tmp_path / f"out/demo.{name}.parquet").is_file()
