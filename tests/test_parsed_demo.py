@@ -8,6 +8,7 @@ from pathlib import Path
 import polars as pl
 import pyarrow.parquet as pq
 import pytest
+from helpers import run_cli
 
 from batchroute import RunOptions, load_job, read_run, run
 from batchroute.errors import DatasetError
@@ -134,3 +135,31 @@ def test_duckdb_reads_a_struct_with_typed_fields(demo: Path) -> None:
         .filter(pl.col("answer").is_not_null())
     )
     assert mean is not None and mean[0] == pytest.approx(expected["confidence"].mean())
+
+
+def test_an_input_column_named_parsed_is_refused_when_the_job_parses(tmp_path: Path) -> None:
+    # The results would hold two `parsed` columns: refused before any call, naming the file.
+    frame = pl.read_parquet(ROOT / "data/demo_tickets.parquet").head(5)
+    data = tmp_path / "tickets.parquet"
+    frame.with_columns(parsed=pl.lit("mine")).write_parquet(data)
+    text = (ROOT / "jobs/demo.toml").read_text(encoding="utf-8")
+    text = text.replace('"../data/demo_tickets.parquet"', f'"{data}"')
+    text = text.replace('"../out/demo.cascade.parquet"', '"out/demo.parquet"')
+    job = tmp_path / "demo.toml"
+    job.write_text(text, encoding="utf-8")
+
+    done = run_cli("run", job)
+
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().count("\n") == 0 and "Traceback" not in done.stderr
+    assert f"{data}: input column 'parsed' has the name of an output column" in done.stderr
+    # Without a JSON schema the name is free.
+    no_schema = "\n".join(
+        line
+        for line in text.splitlines()
+        if not line.startswith(("response_format", "[check]", 'type = "json_schema"', "schema ="))
+    )
+    job.write_text(no_schema, encoding="utf-8")
+    done = run_cli("run", job, "-q")
+    assert done.returncode == 0, done.stderr
+    assert pl.read_parquet(tmp_path / "out/demo.parquet")["parsed"].to_list() == ["mine"] * 5
