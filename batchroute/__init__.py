@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from batchroute.version import __version__
 
 if TYPE_CHECKING:
-    from batchroute.comparison import compare
+    from batchroute.comparison import Comparison, compare, compare_table
     from batchroute.job import Job, load_job
     from batchroute.options import RunOptions
     from batchroute.results import read_calls, read_metadata, read_results
@@ -29,6 +29,8 @@ _HOMES = {
     "arun": "batchroute.runner",
     "run": "batchroute.runner",
     "compare": "batchroute.comparison",
+    "compare_table": "batchroute.comparison",
+    "Comparison": "batchroute.comparison",
     "Run": "batchroute.runs",
     "read_run": "batchroute.runs",
 }
@@ -44,6 +46,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "Comparison",
     "Job",
     "RunOptions",
     "RunReport",
@@ -51,6 +54,7 @@ __all__ = [
     "__version__",
     "arun",
     "compare",
+    "compare_table",
     "load_job",
     "read_calls",
     "read_metadata",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -285,6 +286,8 @@ class RunConfig(_Section):
     min_balance_usd: Annotated[float, Field(ge=0)] | None = None
     grace_s: Annotated[float, Field(ge=0)] = 10.0  # for calls in flight after an interrupt
     max_retry_after_s: Annotated[float, Field(ge=0)] = 120.0  # the longest Retry-After obeyed
+    # Turns the same model gets to fix an answer that failed a format check, before escalating.
+    repair_attempts: Annotated[int, Field(ge=0, le=5)] = 0
 
 
 class StoreConfig(_Section):
@@ -333,6 +336,27 @@ class Job(_Section):
     def model(self, name: str) -> ModelConfig:
         return self.models.get(name, NO_MODEL_SETTINGS)
 
+    def with_response_model(self, model: type[BaseModel]) -> Job:
+        """This job answering in `model`'s JSON schema: the response format asks for it,
+        every json_schema check validates against it (one is added if there is none), and the
+        results' `parsed` column has its fields. Plans' own params and checks are kept."""
+        response = ResponseFormat.model_validate(
+            {
+                "type": "json_schema",
+                "name": re.sub(r"[^A-Za-z0-9_-]", "_", model.__name__)[:64],
+                "schema": model.model_json_schema(),
+            }
+        )
+        checks = [
+            # No schema of its own: the check uses the response format's.
+            check.model_copy(update={"schema_": None}) if check.type == "json_schema" else check
+            for check in self.check or ()
+        ]
+        if not any(check.type == "json_schema" for check in checks):
+            checks.insert(0, CheckConfig(type="json_schema"))
+        params = self.params.model_copy(update={"response_format": response})
+        return self.model_copy(update={"params": params, "check": tuple(checks)})
+
     def endpoint_name(self, model: str) -> str:
         """Which endpoint serves `model`: its own `endpoint`, else the job's."""
         return self.model(model).endpoint or DEFAULT_ENDPOINT
@@ -358,8 +382,11 @@ class Job(_Section):
             value = settings.get(section, {}).get(name)
             if value is not None:
                 settings[section][name] = str(Path(value).resolve())
+        repairs = self.run.repair_attempts
         for section in _NOT_KEYED_SECTIONS:
             settings.pop(section, None)
+        if repairs:  # they change answers; keyed only when on, so other jobs keep their keys
+            settings["repair_attempts"] = repairs
         for endpoint in (settings.get("endpoint", {}), *settings.get("endpoints", {}).values()):
             for name in _NOT_KEYED_ENDPOINT:
                 endpoint.pop(name, None)
@@ -401,6 +428,7 @@ _PATH_SETTINGS = (
 # own run to resume). Not keyed:
 # - [run]: concurrency, retries, backoff, budget and grace decide how a run goes, not what a
 #   finished row holds; raising the budget or lowering the concurrency must resume the run.
+#   (`run.repair_attempts` is the exception: it changes answers, so it is keyed.)
 # - [store]: the store is where run ids live; another store cannot hold this run anyway.
 _NOT_KEYED_SECTIONS = ("run", "store")
 # The client's timeout, its HTTP library and the variable holding the key: the same answers.
@@ -451,8 +479,11 @@ def models_named(job: Job) -> dict[str, list[str]]:
     return roles
 
 
-def load_job(path: Path | str) -> Job:
-    """Read and validate a job file; relative paths in it are relative to the file."""
+def load_job(path: Path | str, *, response_model: type[BaseModel] | None = None) -> Job:
+    """Read and validate a job file; relative paths in it are relative to the file.
+
+    `response_model`, a pydantic model: the job answers in its schema
+    (`Job.with_response_model`)."""
     path = Path(path)
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -469,7 +500,7 @@ def load_job(path: Path | str) -> Job:
     job = _anchor_paths(job, base=path.parent, source=path)
     if job.simulator.replay is not None:
         _check_replay(job.simulator.replay, source=path)
-    return job
+    return job if response_model is None else job.with_response_model(response_model)
 
 
 def _check_replay(table: Path, *, source: Path) -> None:

@@ -17,6 +17,7 @@ from batchroute.errors import ConfigError, DatasetError, OutputError
 from batchroute.job import Job
 from batchroute.lock import output_lock
 from batchroute.options import RunOptions as RunOptions  # its old home; estimate.py
+from batchroute.parsed import parser_for
 from batchroute.records import result_schema
 from batchroute.router import Router, build_router
 from batchroute.sink import read_metadata
@@ -114,7 +115,7 @@ def _check_columns(job: Job, dataset: Dataset) -> None:
             dataset.require_columns(list(template.columns), what=f"{job.source}: {what}")
     if job.input.messages is not None:
         dataset.require_columns([job.input.messages], what=f"{job.source}: input.messages")
-    outputs = result_schema(pl.Int64())
+    outputs = result_schema(pl.Int64(), parser=parser_for(job.settings()))
     for column in dataset.schema:
         if column in outputs and not (column == "row_id" and job.input.id == "row_id"):
             raise DatasetError(

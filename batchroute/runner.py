@@ -27,6 +27,7 @@ from batchroute.job import Job
 from batchroute.limits import Limits
 from batchroute.models_list import check_served
 from batchroute.options import RunOptions
+from batchroute.parsed import parser_for
 from batchroute.preflight import Prepared, prepare
 from batchroute.progress import ProgressBar, RunStats, top_tier_cost, top_tier_of
 from batchroute.records import (
@@ -60,6 +61,12 @@ class RunReport:
     # The error that ended the most failed rows, and how many it ended; None if none failed.
     top_error: tuple[str, int] | None = None
     hints: tuple[str, ...] = ()  # what the checks before the first row suspect is wrong
+
+    def _repr_html_(self) -> str:
+        """The summary, the figures and the outputs' paths, in a notebook."""
+        from batchroute.notebook_html import report_html
+
+        return report_html(self)
 
     @property
     def no_row_ok(self) -> bool:
@@ -127,9 +134,9 @@ class _Run:
         self.id_dtype = prep.dataset.id_dtype()
         schema = prep.dataset.schema
         self.input_schema = {k: (v() if isinstance(v, type) else v) for k, v in schema.items()}
-        self.result_cols = {
-            k: v for k, v in result_schema(self.id_dtype).items() if k not in self.input_schema
-        }
+        self.parser = parser_for(job.settings())  # the typed `parsed` column, if any
+        outputs = result_schema(self.id_dtype, parser=self.parser)
+        self.result_cols = {k: v for k, v in outputs.items() if k not in self.input_schema}
         self.control = RunControl()
         self.stats = RunStats(total=prep.dataset.num_rows)
         self.stats.top_tier = top_tier_of(prep.router)
@@ -412,7 +419,8 @@ class _Run:
     ) -> None:
         """Build and write a finished batch's frames; in a worker thread, off the loop."""
         results = [r for r in slot.results if r is not None]
-        frame = results_frame(results, id_dtype=self.id_dtype).select(list(self.result_cols))
+        frame = results_frame(results, id_dtype=self.id_dtype, parser=self.parser)
+        frame = frame.select(list(self.result_cols))
         results_sink.write(pl.concat([slot.batch.frame, frame], how="horizontal"))
         calls_sink.write(calls_frame(calls, id_dtype=self.id_dtype))
 
