@@ -33,6 +33,7 @@ _FIGURES: tuple[tuple[str, str], ...] = (
     ("escalation_rate", "{:.1%}"),
     ("fallback_rate", "{:.1%}"),
     ("repair_rate", "{:.1%}"),
+    ("repair_cost_usd", "${:.4f}"),
     ("cost_usd", "${:.4f}"),
     ("cost_per_row_usd", "${:.6f}"),
     ("cached_usd", "${:.4f}"),
@@ -59,7 +60,7 @@ def _figures(summary: Mapping[str, Any]) -> str:
     rows = []
     for key, fmt in _FIGURES:
         value = summary.get(key)
-        if value is None or (key == "repair_rate" and not value):
+        if value is None or (key.startswith("repair") and not value):
             continue
         rows.append((key, fmt.format(value)))
     return _table(("figure", "value"), rows, right=(False, True))

@@ -10,7 +10,7 @@ from typing import Any
 from tqdm import tqdm
 
 from batchroute.job import Job
-from batchroute.records import FAILED, OK, SKIPPED, RowResult
+from batchroute.records import FAILED, OK, REPAIR, SKIPPED, RowResult
 from batchroute.router import Router
 from batchroute.shadow import RouteStats
 
@@ -30,6 +30,7 @@ class RunStats:
     fallback: int = 0
     repair_turns: int = 0  # repair calls' turns asked for
     repaired: int = 0  # rows whose answer passed after a repair turn
+    repair_cost_usd: float = 0.0  # what the repair turns cost (part of cost_usd)
     calls: int = 0
     cost_usd: float = 0.0  # the known charges
     priced_rows: int = 0  # rows with at least one known charge
@@ -52,6 +53,9 @@ class RunStats:
         self.fallback += result.fallback_used
         self.repair_turns += result.repairs
         self.repaired += result.repaired
+        self.repair_cost_usd += sum(
+            c.charge_usd or 0.0 for c in result.charged_calls if c.purpose == REPAIR
+        )
         self.calls += len(result.calls)
         self.cost_usd += result.cost_usd or 0.0
         self.priced_rows += any(c.charge_usd is not None for c in result.charged_calls)
@@ -93,6 +97,7 @@ class RunStats:
             "fallback_rate": self.fallback / ran if ran else 0.0,
             "repair_turns": self.repair_turns,
             "repair_rate": self.repaired / ran if ran else 0.0,  # rows a repair turn saved
+            "repair_cost_usd": self.repair_cost_usd,
             "cost_usd": cost,  # the known charges; None when none is known (see the next)
             "cost_unknown_rows": self.unknown_cost_rows,
             "new_spend_usd": None if cost is None else cost - self.cached_usd,
@@ -119,7 +124,8 @@ class RunStats:
             + (f", {self.skipped} skipped" if self.skipped else ""),
             f"escalated {d['escalation_rate']:.1%}"
             + (
-                f" (repaired {d['repair_rate']:.1%} in {self.repair_turns} repair turns)"
+                f" (repaired {d['repair_rate']:.1%} in {self.repair_turns} repair turns"
+                f" costing ${self.repair_cost_usd:.4f})"
                 if self.repair_turns
                 else ""
             ),

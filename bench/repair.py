@@ -44,6 +44,7 @@ def main() -> int:
         directory = Path(tmp)
         paths = [_run(directory, repairs=n, rows=args.rows) for n in (0, 1)]
         table = compare(paths, truth="expected", answer_path="answer")
+        repair_costs = [read_run(p).metadata["summary"]["repair_cost_usd"] for p in paths]
         repaired = read_run(paths[1]).results.filter(pl.col("repaired"))
         turns = int(read_run(paths[1]).results["repairs"].sum())
         labels = repaired.select("expected", "parsed").unnest("parsed")
@@ -52,14 +53,19 @@ def main() -> int:
             for a, e in zip(labels["answer"], labels["expected"], strict=True)
         )
         distinct = repaired["answer"].n_unique()
+    totals = [row["total_usd"] for row in table.iter_rows(named=True)]
+    spared = totals[0] - (totals[1] - repair_costs[1])
     lines = [
-        "| repair_attempts | $/1k rows | total $ | escalated | repaired | accuracy |",
-        "|---:|---:|---:|---:|---:|---:|",
+        "| repair_attempts | $/1k rows | total $ | of it repair $ | escalated | repaired"
+        " | accuracy |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for attempts, row in zip((0, 1), table.iter_rows(named=True), strict=True):
+    for attempts, row, repair_usd in zip(
+        (0, 1), table.iter_rows(named=True), repair_costs, strict=True
+    ):
         lines.append(
             f"| {attempts} | {row['cost_per_row_usd'] * 1000:.4f} | {row['total_usd']:.4f}"
-            f" | {row['escalation_rate']:.1%} | {row['repair_rate']:.1%}"
+            f" | {repair_usd:.4f} | {row['escalation_rate']:.1%} | {row['repair_rate']:.1%}"
             f" | {row['accuracy']:.1%} |"
         )
     body = f"""
@@ -69,6 +75,8 @@ jobs/demo.toml on its embedded simulator, the first {args.rows} rows, a fresh st
 
 {chr(10).join(lines)}
 
+The repair turns cost ${repair_costs[1]:.4f}; the escalations they spared would have cost
+${spared:.4f} (the total without repairs minus the total with them, repairs left out).
 With one attempt, {turns} rows got a repair turn (the answers in prose or missing a field;
 a confidence under the schema's `minimum` is content, not form, and escalates at once) and
 {repaired.height} passed the check after it; {right} of those {repaired.height} repaired

@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 from helpers import job_text, run_cli, write_job, write_tasks
 
-from batchroute import compare, read_calls, read_results
+from batchroute import compare, read_calls, read_metadata, read_results
 from batchroute.sim import SimulatorHandle
 
 pytestmark = pytest.mark.timeout(180)
@@ -74,7 +74,12 @@ def test_answers_that_fail_the_schema_pass_after_a_repair_turn(
     assert results["cost_usd"].sum() == pytest.approx(ledger["total_charged_usd"], abs=1e-9)
     assert results["calls"].sum() == calls.height
     rate = repaired.height / ROWS
+    repair_usd = repair_calls["charge_usd"].sum()
     assert f"repaired {rate:.1%} in {repair_calls.height} repair turns" in stdout
+    assert f"costing ${repair_usd:.4f})" in stdout
+    summary = read_metadata(tmp_path / "out/results.parquet")["summary"]
+    assert summary["repair_cost_usd"] == pytest.approx(repair_usd)
+    assert summary["repair_turns"] == repair_calls.height
     # The comparison shows the repair rate.
     table = compare([tmp_path / "out/results.parquet"])
     assert table["repair_rate"].to_list() == [pytest.approx(rate)]
