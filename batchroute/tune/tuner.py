@@ -1,0 +1,147 @@
+"""`batchroute tune`: sample, answer with every candidate, evaluate offline, choose, write."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from batchroute.errors import ConfigError, DatasetError
+from batchroute.job import Job
+from batchroute.truth import Truth
+from batchroute.tune.choose import Choice, choose
+from batchroute.tune.format import format_choice, format_forecast, format_front
+from batchroute.tune.policies import Policy, by_cost, cascade_families, single_families
+from batchroute.tune.sample import (
+    Answers,
+    answer_sample,
+    candidate_models,
+    draw_sample,
+    sample_estimate,
+    sample_jobs,
+    temp_dir,
+)
+from batchroute.tune.signals import check_verdicts, judge_skipped, signals_of
+from batchroute.tune.writer import check_tables, policy_tables, replace_tables, write_tuned
+
+__all__ = ["TuneOptions", "TuneResult", "tune"]
+
+
+@dataclass(frozen=True, slots=True)
+class TuneOptions:
+    truth: Truth
+    sample: int
+    target_kept: float
+    output: Path
+    confidence: float = 0.95
+    models: tuple[str, ...] = ()
+    seed: int = 0
+    stratify: str | None = None
+    budget_usd: float | None = None
+    rules_on: tuple[str, ...] = ()  # low-cardinality columns to learn routing rules over
+    force: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class TuneResult:
+    choice: Choice
+    tuned_path: Path | None  # None when no policy holds the target
+    total_rows: int
+
+
+def _check_options(job: Job, options: TuneOptions) -> None:
+    if not 0 < options.target_kept <= 1:
+        raise ConfigError(f"--target-kept {options.target_kept}: a share in (0, 1]")
+    if not 0 < options.confidence < 1:
+        raise ConfigError(f"--confidence {options.confidence}: a probability in (0, 1)")
+    if options.budget_usd is not None and options.budget_usd <= 0:
+        raise ConfigError(f"--budget-usd {options.budget_usd}: a positive amount")
+    if job.source is None:
+        raise ConfigError("tune needs a job read from a file (load_job)")
+
+
+def tune(job: Job, options: TuneOptions, *, say: Callable[[str], None] = print) -> TuneResult:
+    """Tune `job` on a labelled sample and write the tuned job; `say` prints progress."""
+    _check_options(job, options)
+    models = candidate_models(job, chosen=options.models)
+    sample = draw_sample(job, size=options.sample, seed=options.seed, stratify=options.stratify)
+    truth_column = options.truth.column
+    if truth_column is not None and truth_column not in sample.frame.columns:
+        raise DatasetError(f"{job.input.path}: --truth {truth_column}: no such column")
+    ids = (
+        sample.frame[job.input.id].to_list()
+        if job.input.id is not None
+        else list(range(sample.frame.height))
+    )
+    table: dict[str, Answers] = {}
+    verdicts: dict[str, list[bool]] = {}
+    with temp_dir() as tmp:
+        data = Path(tmp) / "sample.parquet"
+        sample.frame.write_parquet(data)
+        jobs = sample_jobs(job, models, data=data, out=Path(tmp))
+        priced = sample_estimate(jobs)
+        known = [t.usd for t in priced if t.usd is not None]
+        cost = f"at most ${sum(known):.4f}" if len(known) == len(priced) else "unknown (no price)"
+        say(
+            f"tune: {sample.frame.height} of {sample.total_rows} rows x {len(models)} models"
+            f" ({', '.join(models)}): {cost} by the price tables (stored calls are not paid"
+            " again)"
+        )
+        spent = 0.0
+        for model in models:
+            left = None if options.budget_usd is None else options.budget_usd - spent
+            if left is not None and left <= 0:
+                raise ConfigError(f"--budget-usd {options.budget_usd}: spent before {model}")
+            answers, results, new_spend = answer_sample(
+                jobs[model], ids=ids, truth=options.truth, budget_usd=left
+            )
+            spent += new_spend
+            table[model] = answers
+            checked = check_verdicts(job, answers, rows=results)
+            if checked is not None:
+                verdicts[model] = checked
+    say(f"tune: the sample's answers cost ${spent:.4f} in new calls")
+    if judge_skipped(job):
+        say("tune: the judge check is left out offline (it would need a call per answer)")
+    choice = _choose(job, table, verdicts=verdicts or None, options=options, sample=sample.frame)
+    for line in (format_front(choice), format_choice(choice)):
+        say(line)
+    top = next((s for s in choice.scored if s.policy.key == choice.top), None)
+    if choice.chosen is None:
+        return TuneResult(choice, None, sample.total_rows)
+    say(format_forecast(choice, total_rows=sample.total_rows, top=top))
+    assert job.source is not None
+    original = job.source.read_text(encoding="utf-8")
+    comment = (
+        f"Tuned by `batchroute tune` on {sample.frame.height} rows (seed {options.seed}):\n"
+        + format_choice(choice)
+    )
+    tables = policy_tables(
+        choice.chosen.policy, original_check=check_tables(original), comment=comment
+    )
+    write_tuned(
+        job.source,
+        replace_tables(original, new_tables=tables),
+        target=options.output,
+        force=options.force,
+    )
+    say(f"tuned job: {options.output}")
+    return TuneResult(choice, options.output, sample.total_rows)
+
+
+def _choose(
+    job: Job,
+    table: dict[str, Answers],
+    *,
+    verdicts: dict[str, list[bool]] | None,
+    options: TuneOptions,
+    sample: object,
+) -> Choice:
+    families: list[Sequence[Policy]] = []
+    singles = single_families(table)
+    families += singles
+    families += cascade_families(
+        table, verdicts=verdicts, signals=signals_of(job, list(table.values()))
+    )
+    top = max((f[0] for f in singles), key=lambda p: (p.accuracy, -by_cost(table).index(p.key)))
+    return choose(families, top=top, target=options.target_kept, confidence=options.confidence)
