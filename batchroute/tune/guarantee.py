@@ -53,11 +53,25 @@ def binomial_tail(k: int, n: int, p: float) -> float:
         return 1.0
     if k > n:
         return 0.0
-    logs = [_log_pmf(j, n, p) for j in range(k, n + 1)]
-    top = max(logs)
-    if top == -math.inf:
-        return 0.0
-    return min(1.0, math.exp(top) * sum(math.exp(v - top) for v in logs))
+    if p <= 0.0 or p >= 1.0:
+        return 1.0 if p >= 1.0 else 0.0
+    # Each term from the one before: pmf(j + 1) = pmf(j) * (n - j) / (j + 1) * p / (1 - p),
+    # summed relative to the largest so far; past the mode the terms only shrink, so the sum
+    # stops once they fall below e**-40 of it (far below a float's precision of the sum).
+    step = math.log(p) - math.log1p(-p)
+    log_term = _log_pmf(k, n, p)
+    top, total = log_term, 1.0
+    mode = n * p
+    for j in range(k, n):
+        log_term += math.log((n - j) / (j + 1)) + step
+        if log_term > top:
+            total = total * math.exp(top - log_term) + 1.0
+            top = log_term
+        else:
+            total += math.exp(log_term - top)
+            if j > mode and log_term < top - 40.0:
+                break
+    return min(1.0, math.exp(top) * total)
 
 
 def p_value(kept: int, n: int, *, target: float) -> float:
@@ -69,7 +83,7 @@ def p_value(kept: int, n: int, *, target: float) -> float:
 
 def _bisect(f: Callable[[float], float], *, want: float, increasing: bool) -> float:
     low, high = 0.0, 1.0
-    for _ in range(60):  # 2**-60: far below any figure shown
+    for _ in range(40):  # 2**-40: far below any figure shown
         mid = (low + high) / 2
         value = f(mid)
         if (value < want) == increasing:

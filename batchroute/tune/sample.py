@@ -34,9 +34,17 @@ _CANDIDATE_ROLES = ("tier", "target", "tier of plan", "fallback of")
 def candidate_models(job: Job, *, chosen: Sequence[str] | None) -> list[str]:
     """The models to compare: `--models`, else the job's tiers, targets and fallbacks."""
     if chosen:
-        return list(dict.fromkeys(chosen))
-    roles = models_named(job)
-    found = [m for m, uses in roles.items() if any(u.startswith(_CANDIDATE_ROLES) for u in uses)]
+        found = list(dict.fromkeys(chosen))
+        unknown = [m for m in found if job.models and m not in job.models]
+        if unknown:
+            raise ConfigError(
+                f"--models {unknown[0]}: the job has no [models.{unknown[0]!r}] table"
+            )
+    else:
+        roles = models_named(job)
+        found = [
+            m for m, uses in roles.items() if any(u.startswith(_CANDIDATE_ROLES) for u in uses)
+        ]
     if len(found) < 2:
         raise ConfigError(
             f"{job.source}: route: tune needs two or more candidate models; name them with --models"

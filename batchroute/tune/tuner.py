@@ -22,7 +22,13 @@ from batchroute.tune.sample import (
     temp_dir,
 )
 from batchroute.tune.signals import check_verdicts, judge_skipped, signals_of
-from batchroute.tune.writer import check_tables, policy_tables, replace_tables, write_tuned
+from batchroute.tune.writer import (
+    check_tables,
+    check_target,
+    policy_tables,
+    replace_tables,
+    write_tuned,
+)
 
 __all__ = ["TuneOptions", "TuneResult", "tune"]
 
@@ -58,6 +64,7 @@ def _check_options(job: Job, options: TuneOptions) -> None:
         raise ConfigError(f"--budget-usd {options.budget_usd}: a positive amount")
     if job.source is None:
         raise ConfigError("tune needs a job read from a file (load_job)")
+    check_target(job.source, target=options.output, force=options.force)
 
 
 def tune(job: Job, options: TuneOptions, *, say: Callable[[str], None] = print) -> TuneResult:

@@ -130,8 +130,8 @@ def check_tables(original: str) -> str | None:
     return "\n\n".join(parts) if parts else None
 
 
-def write_tuned(source: Path, text: str, *, target: Path, force: bool) -> None:
-    """Validate `text` as a job and write it to `target` (never over the job itself)."""
+def check_target(source: Path, *, target: Path, force: bool) -> None:
+    """Before anything is spent: `target` may be written (beside the job, not over it)."""
     if target.resolve() == source.resolve():
         raise OutputError(f"-o {target}: that is the job file itself; write the tuned job apart")
     if target.resolve().parent != source.resolve().parent:
@@ -141,6 +141,11 @@ def write_tuned(source: Path, text: str, *, target: Path, force: bool) -> None:
         )
     if target.exists() and not force:
         raise OutputError(f"-o {target}: already exists; pass --force to replace it")
+
+
+def write_tuned(source: Path, text: str, *, target: Path, force: bool) -> None:
+    """Validate `text` as a job and write it to `target` (never over the job itself)."""
+    check_target(source, target=target, force=force)
     try:
         Job.model_validate(tomllib.loads(text))
     except (tomllib.TOMLDecodeError, ValidationError) as exc:  # our bug, not the user's: exit 1
