@@ -117,6 +117,13 @@ def _tune_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     tune.add_argument("--sample", type=int, required=True, metavar="N", help="rows to sample")
     tune.add_argument("--target-kept", type=float, required=True, metavar="SHARE")
     tune.add_argument("--confidence", type=float, default=0.95, metavar="P")
+    tune.add_argument(
+        "--kept",
+        choices=("ratio", "share"),
+        default="ratio",
+        help="ratio: accuracy over the top model's (betting bound, default); share: of the top"
+        " model's right answers, the share kept (exact binomial, stricter)",
+    )
     tune.add_argument("--models", metavar="A,B,C", help="candidate models (default: the job's)")
     tune.add_argument("--seed", type=int, default=0, help="of the sample (default 0)")
     tune.add_argument("--stratify", metavar="COLUMN", help="sample in proportion to its values")
@@ -335,6 +342,7 @@ def _tune(args: argparse.Namespace) -> int:
         budget_usd=args.budget_usd,
         rules_on=tuple(c.strip() for c in (args.rules_on or "").split(",") if c.strip()),
         force=args.force,
+        kept=args.kept,
     )
     tune(job, options)
     return 0

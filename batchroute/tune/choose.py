@@ -8,12 +8,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from batchroute.stats import Z_95
-from batchroute.tune.guarantee import (
-    Hypothesis,
-    clopper_pearson_lower,
-    clopper_pearson_upper,
-    learn_then_test,
-)
+from batchroute.tune.guarantee import Hypothesis, learn_then_test
+from batchroute.tune.kept import Kept, KeptStatistic
 from batchroute.tune.policies import Policy
 
 __all__ = ["Choice", "Scored", "choose", "pareto"]
@@ -21,20 +17,17 @@ __all__ = ["Choice", "Scored", "choose", "pareto"]
 
 @dataclass(frozen=True, slots=True)
 class Scored:
-    """A policy with its figures on the sample and, if it passed the test, its level."""
+    """A policy with its figures on the sample and whether it passed the test."""
 
     policy: Policy
-    kept: int  # rows the top model and the policy both answer right
-    top_right: int  # rows the top model answers right
-    kept_low: float  # one-sided lower bound of the kept share, at the level tested
-    kept_high: float
+    kept: float  # the kept accuracy on the sample (ratio or share, as chosen)
     cost_low: float  # per row, a 95% normal interval of the mean
     cost_high: float
     accepted: bool
-
-    @property
-    def kept_share(self) -> float:
-        return self.kept / self.top_right if self.top_right else 0.0
+    # One-sided bounds of the kept accuracy at the level of the test; computed only for the
+    # policies shown (NaN otherwise), since each costs a search.
+    kept_low: float = math.nan
+    kept_high: float = math.nan
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +38,7 @@ class Choice:
     families: int
     target: float
     confidence: float
+    statistic: KeptStatistic
 
 
 def _cost_interval(costs: Sequence[float]) -> tuple[float, float]:
@@ -56,46 +50,58 @@ def _cost_interval(costs: Sequence[float]) -> tuple[float, float]:
 
 
 def choose(
-    families: Sequence[Sequence[Policy]], *, top: Policy, target: float, confidence: float
+    families: Sequence[Sequence[Policy]],
+    *,
+    top: Policy,
+    target: float,
+    confidence: float,
+    statistic: KeptStatistic = "ratio",
+    seed: int = 0,
+    with_bounds: bool = True,
 ) -> Choice:
-    """Learn-then-Test over `families` at `1 - confidence`; the cheapest accepted policy."""
+    """Learn-then-Test over `families` at `1 - confidence`; the cheapest accepted policy.
+
+    `with_bounds` computes the shown policies' confidence bounds (for the table), a search
+    each that the choice itself does not need.
+    """
     delta = 1.0 - confidence
-    right = [i for i, good in enumerate(top.correct) if good]
+    kept = Kept(statistic, top=top.correct, seed=seed)
 
-    def kept(policy: Policy) -> int:
-        return sum(1 for i in right if policy.correct[i])
+    def test(policy: Policy) -> Hypothesis:
+        def p_value(level: float) -> float:
+            return kept.p_value(policy.correct, policy.rows, target=target, alpha=level)
 
-    hypotheses = [[Hypothesis(p.key, kept(p), len(right)) for p in family] for family in families]
-    accepted = learn_then_test(hypotheses, target=target, delta=delta)
-    level = delta / max(1, len(families))
+        return Hypothesis(policy.key, p_value)
+
+    hypotheses = [[test(p) for p in family] for family in families]
+    accepted = learn_then_test(hypotheses, delta=delta)
     scored = []
     for family in families:
         for policy in family:
-            k = kept(policy)
             low, high = _cost_interval(policy.cost)
-            scored.append(
-                Scored(
-                    policy=policy,
-                    kept=k,
-                    top_right=len(right),
-                    kept_low=clopper_pearson_lower(k, len(right), alpha=level),
-                    kept_high=clopper_pearson_upper(k, len(right), alpha=level),
-                    cost_low=low,
-                    cost_high=high,
-                    accepted=policy.key in accepted,
-                )
-            )
+            point = kept.point(policy.correct, policy.rows)
+            scored.append(Scored(policy, point, low, high, accepted=policy.key in accepted))
     scored.sort(key=lambda s: (s.policy.mean_cost, -s.kept, s.policy.key))
     chosen = next((s for s in scored if s.accepted), None)
-    return Choice(top.key, scored, chosen, len(families), target, confidence)
+    level = delta / max(1, len(families))
+    shown = {id(s) for s in pareto(scored)} | {id(chosen)} if with_bounds else set()
+    shown |= {id(s) for s in sorted(scored, key=lambda s: -s.kept)[:3]} if with_bounds else set()
+    for index, s in enumerate(scored):
+        if id(s) in shown:
+            low, high = kept.bounds(s.policy.correct, s.policy.rows, alpha=level)
+            scored[index] = Scored(
+                s.policy, s.kept, s.cost_low, s.cost_high, s.accepted, kept_low=low, kept_high=high
+            )
+            chosen = scored[index] if s is chosen else chosen
+    return Choice(top.key, scored, chosen, len(families), target, confidence, statistic)
 
 
 def pareto(scored: Sequence[Scored]) -> list[Scored]:
-    """Policies no other beats on both cost (lower) and kept share (higher), cheapest first."""
+    """Policies no other beats on both cost (lower) and kept accuracy (higher), cheapest first."""
     front: list[Scored] = []
     best = -1.0
-    for s in sorted(scored, key=lambda s: (s.policy.mean_cost, -s.kept_share)):
-        if s.kept_share > best:
+    for s in sorted(scored, key=lambda s: (s.policy.mean_cost, -s.kept)):
+        if s.kept > best:
             front.append(s)
-            best = s.kept_share
+            best = s.kept
     return front

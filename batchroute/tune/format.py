@@ -8,6 +8,10 @@ from batchroute.tune.choose import Choice, Scored, pareto
 
 __all__ = ["format_choice", "format_front", "format_forecast"]
 
+_MEANING = {
+    "ratio": "the policy's accuracy over the reference's",
+    "share": "the share of the reference's right answers the policy also gets right",
+}
 _SHOWN = 12  # rows of the front printed; the cheapest and the most accurate are what matter
 
 
@@ -21,15 +25,15 @@ def format_front(choice: Choice, *, rows: Sequence[Scored] | None = None) -> str
     level = 1 - (1 - choice.confidence) / max(1, choice.families)
     lines = [
         f"Pareto front of {len(choice.scored)} policies on the sample (reference: {choice.top};"
-        f" kept = share of its right answers the policy also gets right, bound at"
-        f" {level:.4g} per family, {choice.families} families)",
+        f" kept = {_MEANING[choice.statistic]}; bounds at {level:.4g} per family,"
+        f" {choice.families} families)",
         f"{'':2}{'policy':<58} {'USD/1k rows (95%)':>26} {'kept (bounds)':>22}"
         f" {'escal.':>7} {'acc.':>6}",
     ]
     for s in front[-_SHOWN:]:
         mark = "* " if choice.chosen is s else ("+ " if s.accepted else "  ")
         cost = f"{s.policy.mean_cost * 1000:.4f} ({s.cost_low * 1000:.4f}-{s.cost_high * 1000:.4f})"
-        kept = f"{s.kept_share:.1%} ({s.kept_low:.1%}-{s.kept_high:.1%})"
+        kept = f"{s.kept:.1%} ({s.kept_low:.1%}-{s.kept_high:.1%})"
         lines.append(
             f"{mark}{_cut(s.policy.key, 58):<58} {cost:>26} {kept:>22}"
             f" {s.policy.escalation:>7.1%} {s.policy.accuracy:>6.1%}"
@@ -40,7 +44,7 @@ def format_front(choice: Choice, *, rows: Sequence[Scored] | None = None) -> str
 
 def format_choice(choice: Choice) -> str:
     if choice.chosen is None:
-        best = sorted(choice.scored, key=lambda s: -s.kept_low)[:3]
+        best = sorted(choice.scored, key=lambda s: -s.kept)[:3]
         shown = "; ".join(f"{s.policy.key} (kept >= {s.kept_low:.1%})" for s in best)
         return (
             f"no policy keeps {choice.target:.0%} of {choice.top}'s accuracy with"
@@ -48,9 +52,10 @@ def format_choice(choice: Choice) -> str:
         )
     s = choice.chosen
     return (
-        f"chosen: {s.policy.key}: keeps {s.kept_share:.1%} of {choice.top}'s right answers"
-        f" on the sample (at least {s.kept_low:.1%}; target {choice.target:.0%} at"
-        f" {choice.confidence:.0%} confidence), ${s.policy.mean_cost * 1000:.4f} per 1k rows"
+        f"chosen: {s.policy.key}: keeps {s.kept:.1%} of {choice.top}'s accuracy"
+        f" ({choice.statistic}) on the sample (at least {s.kept_low:.1%}; target"
+        f" {choice.target:.0%} at {choice.confidence:.0%} confidence),"
+        f" ${s.policy.mean_cost * 1000:.4f} per 1k rows"
     )
 
 

@@ -1,6 +1,6 @@
 """The guarantee: exact binomial bounds and Learn-then-Test over families of policies.
 
-The statistic is the **kept share**: among the sampled rows the top model answers right, the
+The exact statistic is the **kept share**: among the sampled rows the top model answers right, the
 share the policy also answers right. Each row where the top model is right is a Bernoulli
 trial of the policy, so with `k` kept out of `n` the Clopper-Pearson bound is exact. It is a
 lower bound of the ratio of accuracies (policy / top): the policy's accuracy is at least its
@@ -10,6 +10,7 @@ the top model's accuracy; rows the policy gets right and the top model wrong onl
 
 H0 for a policy: its kept share is below the target `t`. Its p-value is P(Bin(n, t) >= k),
 the chance of keeping `k` or more if the share were exactly `t` (and smaller below `t`).
+(kept.py holds this statistic and the ratio of accuracies, tested by betting.)
 Learn-then-Test (Angelopoulos et al., 2021) rejects along each family's grid, ordered from the
 safest policy to the cheapest, at `delta / families` (Bonferroni across families, fixed
 sequence within one): it stops at the first p-value above the level. Every accepted policy
@@ -111,16 +112,13 @@ def clopper_pearson_upper(kept: int, n: int, *, alpha: float) -> float:
 
 @dataclass(frozen=True, slots=True)
 class Hypothesis:
-    """One policy under test: `kept` of the `n` rows the top model answers right."""
+    """One policy under test; `p_value(level)` is computed only when the test reaches it."""
 
     key: str
-    kept: int
-    n: int
+    p_value: Callable[[float], float]
 
 
-def learn_then_test(
-    families: Sequence[Sequence[Hypothesis]], *, target: float, delta: float
-) -> dict[str, float]:
+def learn_then_test(families: Sequence[Sequence[Hypothesis]], *, delta: float) -> dict[str, float]:
     """The accepted policies' keys, each with the level it was tested at.
 
     Each family is ordered from its safest policy to its cheapest; testing stops at the
@@ -133,7 +131,7 @@ def learn_then_test(
     accepted: dict[str, float] = {}
     for family in families:
         for hypothesis in family:
-            if p_value(hypothesis.kept, hypothesis.n, target=target) > level:
+            if hypothesis.p_value(level) > level:
                 break
             accepted[hypothesis.key] = level
     return accepted

@@ -53,6 +53,9 @@ class Policy:
     # Rules and the learned router route rows rather than cascade them (their own writers).
     kind: str = "fixed"
     detail: dict[str, object] = field(default_factory=dict)
+    # The sample rows the outcome lists stand for (None: all). A learned policy is tested on
+    # the rows it was not learned from.
+    rows: list[int] | None = None
 
     @property
     def mean_cost(self) -> float:
@@ -132,11 +135,21 @@ def cascade_families(
     return families
 
 
+UNIT_GRID = [0.99, 0.98, 0.97, 0.96, *(x / 20 for x in range(19, 0, -1))]
+
+
 def thresholds(values: Sequence[float | None]) -> list[float]:
-    """The grid of one signal, from the highest threshold (safest) down to the lowest."""
+    """The grid of one signal, from the highest threshold (safest) down to the lowest.
+
+    A signal within [0, 1] (a stated confidence) gets a fixed grid, chosen before seeing any
+    answer, as Learn-then-Test asks; another (a mean logprob) gets its quantiles over the
+    sample, which depend on the signal's values only, not on which answers are right.
+    """
     known = sorted(v for v in values if v is not None)
     if not known:
         return []
+    if 0.0 <= known[0] and known[-1] <= 1.0:
+        return list(UNIT_GRID)
     grid = {
         known[min(len(known) - 1, int(q * len(known) / (GRID + 1)))] for q in range(1, GRID + 1)
     }

@@ -6,12 +6,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import polars as pl
+
 from batchroute.errors import ConfigError, DatasetError
 from batchroute.job import Job
 from batchroute.truth import Truth
 from batchroute.tune.choose import Choice, choose
 from batchroute.tune.format import format_choice, format_forecast, format_front
+from batchroute.tune.kept import KeptStatistic
 from batchroute.tune.policies import Policy, by_cost, cascade_families, single_families
+from batchroute.tune.rules_learn import rule_families, split_sample
 from batchroute.tune.sample import (
     Answers,
     answer_sample,
@@ -45,6 +49,7 @@ class TuneOptions:
     stratify: str | None = None
     budget_usd: float | None = None
     rules_on: tuple[str, ...] = ()  # low-cardinality columns to learn routing rules over
+    kept: KeptStatistic = "ratio"
     force: bool = False
 
 
@@ -142,7 +147,7 @@ def _choose(
     *,
     verdicts: dict[str, list[bool]] | None,
     options: TuneOptions,
-    sample: object,
+    sample: pl.DataFrame,
 ) -> Choice:
     families: list[Sequence[Policy]] = []
     singles = single_families(table)
@@ -151,4 +156,22 @@ def _choose(
         table, verdicts=verdicts, signals=signals_of(job, list(table.values()))
     )
     top = max((f[0] for f in singles), key=lambda p: (p.accuracy, -by_cost(table).index(p.key)))
-    return choose(families, top=top, target=options.target_kept, confidence=options.confidence)
+    if options.rules_on:
+        split = split_sample(sample.height, seed=options.seed)
+        families += rule_families(
+            sample,
+            table,
+            columns=options.rules_on,
+            top=top.key,
+            split=split,
+            source=job.input.path,
+            net=options.kept == "ratio",
+        )
+    return choose(
+        families,
+        top=top,
+        target=options.target_kept,
+        confidence=options.confidence,
+        statistic=options.kept,
+        seed=options.seed,
+    )
