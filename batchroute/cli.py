@@ -128,6 +128,9 @@ def _tune_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     tune.add_argument("--seed", type=int, default=0, help="of the sample (default 0)")
     tune.add_argument("--stratify", metavar="COLUMN", help="sample in proportion to its values")
     tune.add_argument("--rules-on", metavar="COL,COL", help="learn routing rules over columns")
+    tune.add_argument(
+        "--no-learned", action="store_true", help="do not train a learned router as a candidate"
+    )
     tune.add_argument("--budget-usd", type=float, metavar="X", help="cap on tuning's new spend")
     tune.add_argument("-o", "--output", type=Path, required=True, metavar="TUNED.toml")
     tune.add_argument("--force", action="store_true", help="replace an existing -o file")
@@ -343,6 +346,7 @@ def _tune(args: argparse.Namespace) -> int:
         rules_on=tuple(c.strip() for c in (args.rules_on or "").split(",") if c.strip()),
         force=args.force,
         kept=args.kept,
+        learned=not args.no_learned,
     )
     tune(job, options)
     return 0

@@ -9,7 +9,10 @@ Both are paired: a policy and the top model answer the same sampled rows.
   0 is a nonnegative supermartingale under H0, so by Ville's inequality 1 / (its maximum)
   is a valid p-value at any sample size, without a normal approximation. The rows are bet
   on in a seeded random order, which makes them exchangeable whatever order the data has.
-  Rows the policy gets right and the top model wrong count for the policy.
+  Rows the policy gets right and the top model wrong count for the policy. Since the share
+  below is a lower bound of the ratio, its exact test is valid for the ratio too; the ratio's
+  p-value is twice the smaller of the two (Bonferroni), which keeps the exact test's power
+  where the policy loses almost nothing (betting is weakest there: it may never stake it all).
 - `share`: of the rows the top model gets right, the share the policy also gets right; an
   exact binomial (Clopper-Pearson). It never credits the policy for the top model's misses,
   so it is a lower bound of the ratio: stricter, exact, and simpler to explain.
@@ -27,7 +30,7 @@ from batchroute.tune.guarantee import clopper_pearson_lower, clopper_pearson_upp
 __all__ = ["Kept", "KeptStatistic"]
 
 KeptStatistic = Literal["ratio", "share"]
-_CAP = 0.5  # the largest bet, as a share of what the wealth could lose: never all of it
+_CAP = 0.75  # the largest bet, as a share of what the wealth could lose: never all of it
 
 
 def _bet_p_value(xs: Sequence[float], *, mean0: float, alpha: float) -> float:
@@ -77,24 +80,27 @@ class Kept:
     ) -> float:
         """The p-value of H0 "kept < target" for this policy."""
         pairs = self._pairs(correct, rows)
+        kept = sum(1 for t, p in pairs if t and p)
+        exact = p_value(kept, sum(t for t, _ in pairs), target=target)
         if self.statistic == "share":
-            kept = sum(1 for t, p in pairs if t and p)
-            return p_value(kept, sum(t for t, _ in pairs), target=target)
+            return exact
         # z = p - target * t in [-target, 1], mapped onto [0, 1]; H0: E[z] < 0.
         xs = [(p - target * t + target) / (1 + target) for t, p in pairs]
-        return _bet_p_value(xs, mean0=target / (1 + target), alpha=alpha)
+        bet = _bet_p_value(xs, mean0=target / (1 + target), alpha=alpha / 2)
+        return min(1.0, 2 * min(exact, bet))
 
     def bounds(
         self, correct: Sequence[bool], rows: Sequence[int] | None, *, alpha: float
     ) -> tuple[float, float]:
         """One-sided (1 - alpha) lower and upper bounds of the kept accuracy."""
         pairs = self._pairs(correct, rows)
+        kept, right = sum(1 for t, p in pairs if t and p), sum(t for t, _ in pairs)
         if self.statistic == "share":
-            kept, right = sum(1 for t, p in pairs if t and p), sum(t for t, _ in pairs)
             return (
                 clopper_pearson_lower(kept, right, alpha=alpha),
                 clopper_pearson_upper(kept, right, alpha=alpha),
             )
+        alpha /= 2  # as in p_value: the exact share's bound and the bet's, each at half
 
         def rejects_below(ratio: float) -> bool:  # "kept < ratio" is rejected
             xs = [(p - ratio * t + ratio) / (1 + ratio) for t, p in pairs]
@@ -104,7 +110,10 @@ class Kept:
             xs = [1 - (p - ratio * t + ratio) / (1 + ratio) for t, p in pairs]
             return _bet_p_value(xs, mean0=1 / (1 + ratio), alpha=alpha) <= alpha
 
-        return _edge(rejects_below, rising=True), _edge(rejects_above, rising=False)
+        low = max(
+            clopper_pearson_lower(kept, right, alpha=alpha), _edge(rejects_below, rising=True)
+        )
+        return low, _edge(rejects_above, rising=False)
 
 
 def _edge(rejects: Callable[[float], bool], *, rising: bool, high: float = 4.0) -> float:

@@ -10,11 +10,13 @@ import polars as pl
 
 from batchroute.errors import ConfigError, DatasetError
 from batchroute.job import Job
+from batchroute.learned import RouterModel
 from batchroute.truth import Truth
 from batchroute.tune.choose import Choice, choose
 from batchroute.tune.format import format_choice, format_forecast, format_front
 from batchroute.tune.kept import KeptStatistic
 from batchroute.tune.policies import Policy, by_cost, cascade_families, single_families
+from batchroute.tune.router_model import router_families
 from batchroute.tune.rules_learn import rule_families, split_sample
 from batchroute.tune.sample import (
     Answers,
@@ -50,6 +52,7 @@ class TuneOptions:
     budget_usd: float | None = None
     rules_on: tuple[str, ...] = ()  # low-cardinality columns to learn routing rules over
     kept: KeptStatistic = "ratio"
+    learned: bool = True  # train and test a learned router too
     force: bool = False
 
 
@@ -70,6 +73,13 @@ def _check_options(job: Job, options: TuneOptions) -> None:
     if job.source is None:
         raise ConfigError("tune needs a job read from a file (load_job)")
     check_target(job.source, target=options.output, force=options.force)
+    if options.learned:
+        check_target(job.source, target=_router_path(options), force=options.force)
+
+
+def _router_path(options: TuneOptions) -> Path:
+    """Where a learned router is written: beside the tuned job, named after it."""
+    return options.output.with_name(options.output.stem + ".router.json")
 
 
 def tune(job: Job, options: TuneOptions, *, say: Callable[[str], None] = print) -> TuneResult:
@@ -128,8 +138,17 @@ def tune(job: Job, options: TuneOptions, *, say: Callable[[str], None] = print) 
         f"Tuned by `batchroute tune` on {sample.frame.height} rows (seed {options.seed}):\n"
         + format_choice(choice)
     )
+    policy = choice.chosen.policy
+    router_file = None
+    if policy.kind == "learned":
+        router = _router_path(options)
+        trained = policy.detail["model"]
+        assert isinstance(trained, RouterModel)
+        router.write_text(trained.to_json() + "\n", encoding="utf-8")
+        router_file = router.name
+        say(f"router: {router}")
     tables = policy_tables(
-        choice.chosen.policy, original_check=check_tables(original), comment=comment
+        policy, original_check=check_tables(original), comment=comment, router_file=router_file
     )
     write_tuned(
         job.source,
@@ -156,8 +175,18 @@ def _choose(
         table, verdicts=verdicts, signals=signals_of(job, list(table.values()))
     )
     top = max((f[0] for f in singles), key=lambda p: (p.accuracy, -by_cost(table).index(p.key)))
+    split = split_sample(sample.height, seed=options.seed)
+    if options.learned:
+        families += router_families(
+            sample.to_dicts(),
+            table,
+            job=job,
+            categorical=options.rules_on,
+            top=top.key,
+            split=split,
+            seed=options.seed,
+        )
     if options.rules_on:
-        split = split_sample(sample.height, seed=options.seed)
         families += rule_families(
             sample,
             table,

@@ -91,10 +91,17 @@ def _toml(value: object) -> str:
     return str(value)
 
 
-def policy_tables(policy: Policy, *, original_check: str | None, comment: str) -> str:
+def policy_tables(
+    policy: Policy, *, original_check: str | None, comment: str, router_file: str | None = None
+) -> str:
     """The TOML of the route (and check, plans) a policy stands for."""
     lines = [f"# {line}" for line in comment.splitlines()]
-    if policy.kind == "rules" or policy.kind == "learned":
+    if policy.kind == "learned":
+        assert router_file is not None
+        tiers = _toml(list(policy.tiers))
+        route = ["[route]", 'strategy = "learned"', f"tiers = {tiers}"]
+        return "\n".join([*lines, *route, f"router = {_toml(router_file)}"]) + "\n"
+    if policy.kind == "rules":
         body = policy.detail.get("toml")
         assert isinstance(body, str)
         return "\n".join([*lines, body])
