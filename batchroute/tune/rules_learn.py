@@ -23,7 +23,7 @@ from batchroute.errors import DatasetError
 from batchroute.tune.policies import Policy, by_cost
 from batchroute.tune.sample import Answers
 
-__all__ = ["Split", "rule_families", "split_sample"]
+__all__ = ["Split", "check_rule_columns", "rule_families", "split_sample"]
 
 MAX_VALUES = 64  # a column with more distinct values than this is not "low-cardinality"
 
@@ -88,6 +88,19 @@ def _ranked(
     return sorted(scores, key=lambda v: (scores[v], str(v)))
 
 
+def check_rule_columns(frame: pl.DataFrame, columns: Sequence[str], *, source: object) -> None:
+    """Each `--rules-on` column exists and has few enough text, integer or boolean values."""
+    for column in columns:
+        if column not in frame.columns:
+            raise DatasetError(f"{source}: --rules-on {column}: no such column")
+        distinct = {v for v in frame[column].to_list() if v is not None}
+        if not 2 <= len(distinct) <= MAX_VALUES or any(isinstance(v, float) for v in distinct):
+            raise DatasetError(
+                f"{source}: --rules-on {column}: {len(distinct)} distinct values in the sample;"
+                f" rules need 2 to {MAX_VALUES} text, integer or boolean values"
+            )
+
+
 def rule_families(
     frame: pl.DataFrame,
     table: Mapping[str, Answers],
@@ -99,17 +112,10 @@ def rule_families(
     net: bool,
 ) -> list[list[Policy]]:
     """One family per (column, cheaper model): nested rules, tested on the split's test half."""
+    check_rule_columns(frame, columns, source=source)
     families = []
     for column in columns:
-        if column not in frame.columns:
-            raise DatasetError(f"{source}: --rules-on {column}: no such column")
         values = frame[column].to_list()
-        distinct = {v for v in values if v is not None}
-        if not 2 <= len(distinct) <= MAX_VALUES or any(isinstance(v, float) for v in distinct):
-            raise DatasetError(
-                f"{source}: --rules-on {column}: {len(distinct)} distinct values; rules need"
-                f" 2 to {MAX_VALUES} text, integer or boolean values"
-            )
         for cheap in by_cost(table):
             if cheap == top or sum(table[cheap].cost) >= sum(table[top].cost):
                 continue

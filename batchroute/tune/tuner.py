@@ -17,7 +17,7 @@ from batchroute.tune.format import format_choice, format_forecast, format_front
 from batchroute.tune.kept import KeptStatistic
 from batchroute.tune.policies import Policy, by_cost, cascade_families, single_families
 from batchroute.tune.router_model import router_families
-from batchroute.tune.rules_learn import rule_families, split_sample
+from batchroute.tune.rules_learn import check_rule_columns, rule_families, split_sample
 from batchroute.tune.sample import (
     Answers,
     answer_sample,
@@ -87,6 +87,7 @@ def tune(job: Job, options: TuneOptions, *, say: Callable[[str], None] = print) 
     _check_options(job, options)
     models = candidate_models(job, chosen=options.models)
     sample = draw_sample(job, size=options.sample, seed=options.seed, stratify=options.stratify)
+    check_rule_columns(sample.frame, options.rules_on, source=job.input.path)
     truth_column = options.truth.column
     if truth_column is not None and truth_column not in sample.frame.columns:
         raise DatasetError(f"{job.input.path}: --truth {truth_column}: no such column")
