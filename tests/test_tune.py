@@ -125,3 +125,15 @@ def test_tune_mistakes_are_one_line_errors(tmp_path: Path, fresh_sim: SimulatorH
     done = run_cli("tune", job_path, "--truth", "expected", "--target-kept", "0.5", *common)
     assert done.returncode == 2 and "already exists; pass --force" in done.stderr
     assert tuned.read_text() == "# mine\n"  # nothing written is lost
+
+
+def test_budget_caps_what_tuning_spends(tmp_path: Path, fresh_sim: SimulatorHandle) -> None:
+    job_path = _job(tmp_path, fresh_sim)
+    done = run_cli(
+        "tune", job_path, "--truth", "expected", "--sample", "300", "--target-kept", "0.9",
+        "--budget-usd", "0.001", "-o", tmp_path / "job.tuned.toml",
+    )  # fmt: skip
+    assert done.returncode == 3, done.stderr
+    assert "tuning stopped while t/" in done.stderr and "budget" in done.stderr
+    assert fresh_sim.ledger()["total_charged_usd"] <= 0.001 + 1e-9
+    assert not (tmp_path / "job.tuned.toml").exists()

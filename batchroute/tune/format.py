@@ -69,6 +69,10 @@ def format_forecast(choice: Choice, *, total_rows: int, top: Scored | None) -> s
         f" (95%: ${s.cost_low * total_rows:.4f}-${s.cost_high * total_rows:.4f}), counting"
         " the sampled rows as new although their calls are stored"
     )
-    if top is not None and top.policy.mean_cost > 0:
-        line += f"; {s.policy.mean_cost / top.policy.mean_cost:.0%} of {choice.top} alone"
+    if top is not None:
+        # On the same rows: a learned policy is measured on the half it was not learned from.
+        rows = s.policy.rows if s.policy.rows is not None else range(len(top.policy.cost))
+        top_cost = sum(top.policy.cost[r] for r in rows)
+        if top_cost > 0:
+            line += f"; {sum(s.policy.cost) / top_cost:.0%} of {choice.top} alone on those rows"
     return line
