@@ -8,7 +8,7 @@ from pathlib import Path
 
 import polars as pl
 
-from batchroute.errors import ConfigError, DatasetError
+from batchroute.errors import BudgetReached, ConfigError, DatasetError
 from batchroute.job import Job
 from batchroute.learned import RouterModel
 from batchroute.truth import Truth
@@ -114,7 +114,10 @@ def tune(job: Job, options: TuneOptions, *, say: Callable[[str], None] = print) 
         for model in models:
             left = None if options.budget_usd is None else options.budget_usd - spent
             if left is not None and left <= 0:
-                raise ConfigError(f"--budget-usd {options.budget_usd}: spent before {model}")
+                raise BudgetReached(
+                    f"--budget-usd {options.budget_usd}: spent before {model} answered the sample"
+                    " (the finished calls are stored; run tune again to go on)"
+                )
             answers, results, new_spend = answer_sample(
                 jobs[model], ids=ids, truth=options.truth, budget_usd=left
             )
