@@ -115,8 +115,20 @@ def _tune_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     tune.add_argument("--answer-path", metavar="PATH", help="compare this JSON field of answers")
     tune.add_argument("--sample", type=int, required=True, metavar="N", help="rows to sample")
-    tune.add_argument("--target-kept", type=float, required=True, metavar="SHARE")
-    tune.add_argument("--confidence", type=float, default=0.95, metavar="P")
+    tune.add_argument(
+        "--target-kept",
+        type=float,
+        required=True,
+        metavar="SHARE",
+        help="the share of the top model's accuracy to keep, e.g. 0.95",
+    )
+    tune.add_argument(
+        "--confidence",
+        type=float,
+        default=0.95,
+        metavar="P",
+        help="of the lower bound, over every policy searched (default 0.95)",
+    )
     tune.add_argument(
         "--kept",
         choices=("ratio", "share"),
