@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import importlib
-from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
-try:
-    __version__ = version("batchroute")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0.0.0+unknown"
+from batchroute.version import __version__
 
 if TYPE_CHECKING:
-    from batchroute.comparison import compare
+    from batchroute.comparison import Comparison, compare, compare_table
     from batchroute.job import Job, load_job
-    from batchroute.preflight import RunOptions
+    from batchroute.options import RunOptions
     from batchroute.results import read_calls, read_metadata, read_results
     from batchroute.runner import RunReport, arun, run
     from batchroute.runs import Run, read_run
@@ -25,7 +21,7 @@ if TYPE_CHECKING:
 _HOMES = {
     "Job": "batchroute.job",
     "load_job": "batchroute.job",
-    "RunOptions": "batchroute.preflight",
+    "RunOptions": "batchroute.options",
     "read_calls": "batchroute.results",
     "read_metadata": "batchroute.results",
     "read_results": "batchroute.results",
@@ -33,6 +29,8 @@ _HOMES = {
     "arun": "batchroute.runner",
     "run": "batchroute.runner",
     "compare": "batchroute.comparison",
+    "compare_table": "batchroute.comparison",
+    "Comparison": "batchroute.comparison",
     "Run": "batchroute.runs",
     "read_run": "batchroute.runs",
 }
@@ -48,6 +46,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "Comparison",
     "Job",
     "RunOptions",
     "RunReport",
@@ -55,6 +54,7 @@ __all__ = [
     "__version__",
     "arun",
     "compare",
+    "compare_table",
     "load_job",
     "read_calls",
     "read_metadata",

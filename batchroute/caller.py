@@ -21,7 +21,14 @@ import anyio
 from batchroute.budget import Budget
 from batchroute.completion import BadResponse, Completion, parse_completion
 from batchroute.control import RunControl
-from batchroute.errors import AuthRejected, BudgetReached, CallFailure, FailureKind, RunStopped
+from batchroute.errors import (
+    AuthRejected,
+    BudgetReached,
+    CallFailure,
+    FailureKind,
+    RunStopped,
+    one_line,
+)
 from batchroute.job import Job
 from batchroute.limits import Limits, TokenReservation
 from batchroute.prompts import Message, estimate_prompt_tokens
@@ -65,7 +72,7 @@ def classify(reply: Reply, *, redact: Callable[[str], str] = str) -> CallFailure
     if 200 <= status < 300:
         return None
     error = reply.error
-    message = _one_line(redact(str(error.get("message") or reply.text or f"HTTP {status}")))
+    message = _server_line(redact(str(error.get("message") or reply.text or f"HTTP {status}")))
     error_kind = f"http_{status}"
     if status in (401, 403):
         return CallFailure(FailureKind.FATAL, error_kind, message, status)
@@ -93,7 +100,7 @@ def classify_transport_error(exc: TransportError) -> CallFailure:
         return CallFailure(FailureKind.FALLBACK, "response_too_large", str(exc))
     if isinstance(exc, TransportTimeout):
         return CallFailure(FailureKind.RETRYABLE, "timeout", "request timed out")
-    return CallFailure(FailureKind.RETRYABLE, "connection", _one_line(str(exc)))
+    return CallFailure(FailureKind.RETRYABLE, "connection", _server_line(str(exc)))
 
 
 class _Invalid:
@@ -380,7 +387,7 @@ class Caller:
                 " the call as the dearest seen)",
                 endpoint,
                 name,
-                _one_line(raw)[:40],
+                _server_line(raw)[:40],
             )
         return _INVALID
 
@@ -397,7 +404,7 @@ def _read_completion(
     if completion.text is None:
         refusal = completion.refusal
         reason = f"refused: {refusal}" if refusal else "empty answer"
-        return completion, CallFailure(FailureKind.FALLBACK, "no_content", _one_line(reason))
+        return completion, CallFailure(FailureKind.FALLBACK, "no_content", _server_line(reason))
     return completion, None
 
 
@@ -436,6 +443,5 @@ def _stop_error(failure: CallFailure, job: Job, *, model: str) -> RunStopped:
     )
 
 
-def _one_line(text: str) -> str:
-    line = " ".join(text.split())
-    return line if len(line) <= 300 else line[:297] + "..."
+def _server_line(text: str) -> str:
+    return one_line(text, whole=True)

@@ -41,6 +41,9 @@ class Verdict:
     passed: bool
     reason: str | None = None  # why it failed, short enough for a table cell
     check: str | None = None  # which check of a suite failed
+    # The answer has the asked-for form and failed on its content (a schema's numeric bound,
+    # such as a confidence `minimum`): a repair turn would only restate it (repair.py).
+    content: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +115,10 @@ def as_number(value: Any) -> float | None:
     return float(value)
 
 
+# Schema keywords whose failure is about a value's size, not the answer's form.
+_CONTENT_KEYWORDS = frozenset(
+    {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf"}
+)
 _SEEN_CHARS, _SEEN_ANSWERS = 256, 4096  # at most about a megabyte of remembered answers
 
 
@@ -155,7 +162,8 @@ class JsonSchemaCheck:
         if error is None:
             return Verdict(True)
         where = "/".join(str(p) for p in error.absolute_path)
-        return Verdict(False, f"schema: {error.message}" + (f" at /{where}" if where else ""))
+        reason = f"schema: {error.message}" + (f" at /{where}" if where else "")
+        return Verdict(False, reason, content=error.validator in _CONTENT_KEYWORDS)
 
 
 class RemoteRefError(ValueError):

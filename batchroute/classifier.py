@@ -15,6 +15,16 @@ DEFAULT = "default"  # the route key of rows whose label picked no target
 
 
 @dataclass(frozen=True, slots=True)
+class PendingPlan:
+    """What the classifier router hands a row before its label is known: the executor asks
+    the classifier's model (one call) and runs the plan the label picks."""
+
+    classifier: Classifier
+    name: str = "classifier"
+    rule: None = None  # no rule picks a classifier's plan
+
+
+@dataclass(frozen=True, slots=True)
 class Classification:
     """What the label decided: `known` is false when the default caught the row."""
 

@@ -8,13 +8,18 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from batchroute import __version__
-from batchroute.errors import BatchrouteError
+from batchroute.errors import EXIT_NO_ROW_OK, BatchrouteError
+from batchroute.version import __version__
 
 if TYPE_CHECKING:
     from batchroute.comparison import Comparison
 
 EXIT_INTERRUPTED = 130
+EXIT_CODES = (
+    "exit codes: 0 done, at least one row ok; 1 internal error; 2 usage (job file, data,"
+    " paths, endpoint, or another run of the job in progress); 3 stopped early (budget,"
+    " balance, 402); 4 credentials rejected; 5 done, but no row ok; 130 interrupted"
+)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -26,7 +31,11 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = commands.add_parser(
-        "run", help="run a job file", description="Run a job: route every row, write Parquet."
+        "run",
+        help="run a job file",
+        description="Run a job: route every row, write Parquet. One run of a job at a time:"
+        " a second one exits 2 naming the pid of the first.",
+        epilog=EXIT_CODES,
     )
     run.add_argument("job", type=Path, help="the job file (TOML)")
     run.add_argument(
@@ -76,7 +85,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     estimate.add_argument(
         "--sample",
-        type=int,
+        type=_positive_int,
         metavar="N",
         help="run the first N rows for real and extrapolate with 95%% intervals",
     )
@@ -147,6 +156,17 @@ def _tune_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     tune.add_argument("-o", "--output", type=Path, required=True, metavar="TUNED.toml")
     tune.add_argument("--force", action="store_true", help="replace an existing -o file")
     tune.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
+
+
+def _positive_int(text: str) -> int:
+    """A count of at least 1, checked while parsing: a bad one prints nothing else first."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: a number of rows, at least 1")
+    return value
 
 
 # --- compare and report ------------------------------------------------------------------------
@@ -306,11 +326,12 @@ def _show_warnings() -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from batchroute.job import load_job
-    from batchroute.preflight import RunOptions
+    from batchroute.options import RunOptions
+
+    job = load_job(args.job)  # before the runner's imports: a bad job file fails in a blink
     from batchroute.runner import run
     from batchroute.shadow import shadow_lines
 
-    job = load_job(args.job)
     options = RunOptions(
         force=args.force,
         quiet=args.quiet,
@@ -333,6 +354,15 @@ def _run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return report.stop_error.exit_code
+    if report.no_row_ok:
+        message, rows = report.top_error or ("unknown error", 0)
+        hints = "".join(f"; {hint}" for hint in report.hints)
+        print(
+            f"batchroute: error: {args.job}: no row ended ok; most common error ({rows} rows):"
+            f" {message}{hints}",
+            file=sys.stderr,
+        )
+        return EXIT_NO_ROW_OK
     return 0
 
 
@@ -374,8 +404,6 @@ def _estimate(args: argparse.Namespace) -> int:
         raise ConfigError(f"--escalation {args.escalation}: a share between 0 and 1")
     rows, tiers = estimate(job, escalation_rate=args.escalation)
     print(format_estimate(job, rows, tiers, rate=args.escalation))
-    if args.sample:
-        if args.sample < 1:
-            raise ConfigError(f"--sample {args.sample}: a number of rows, at least 1")
+    if args.sample is not None:
         print(format_sample(sample(job, rows=args.sample)))
     return 0

@@ -57,6 +57,7 @@ _COLUMNS: list[tuple[str, str, Callable[[Any], str], bool]] = [
     ("skipped", "skipped", str, True),
     ("escalated", "escalation_rate", _pct, True),
     ("fallback", "fallback_rate", _pct, True),
+    ("repaired", "repair_rate", _pct, True),
     ("$/1k rows", "cost_per_row_usd", _per_1k, True),
     ("total $", "total_usd", _usd, True),
     ("new $", "new_spend_usd", _usd, True),
@@ -78,6 +79,8 @@ def _shown(comparison: Comparison) -> list[tuple[str, str, Callable[[Any], str],
     hidden = set()
     if not shadow:
         hidden.add("shadow_usd")
+    if not any(frame["repair_rate"].to_list()):  # shown for runs with repair turns only
+        hidden.add("repair_rate")
     if not truth:
         hidden |= {"accuracy", "accuracy_kept"}
     return [c for c in _COLUMNS if c[1] not in hidden]

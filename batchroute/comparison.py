@@ -29,7 +29,15 @@ from batchroute.job import Prices
 from batchroute.runs import Run, read_run, read_runs
 from batchroute.truth import Scorer, Truth
 
-__all__ = ["Comparison", "Run", "compare", "compare_runs", "read_run", "read_runs"]
+__all__ = [
+    "Comparison",
+    "Run",
+    "compare",
+    "compare_runs",
+    "compare_table",
+    "read_run",
+    "read_runs",
+]
 
 _MIX = pl.List(pl.Struct({"name": pl.String(), "share": pl.Float64()}))
 
@@ -42,6 +50,12 @@ class Comparison:
     runs: tuple[Run, ...]
     top_tier: str | None
     notes: tuple[str, ...] = field(default=())
+
+    def _repr_html_(self) -> str:
+        """The table, its notes and the charts, in a notebook."""
+        from batchroute.notebook_html import comparison_html
+
+        return comparison_html(self)
 
 
 def compare(
@@ -57,11 +71,26 @@ def compare(
     `truth` is a column of the input (exact match after normalisation) or a scorer
     `f(row, answer) -> bool | (bool, reason)`; with it come `accuracy` and `accuracy_kept`.
     """
+    return compare_table(
+        paths, truth=truth, answer_path=answer_path, top_tier=top_tier, allow_mixed=allow_mixed
+    ).frame
+
+
+def compare_table(
+    paths: Sequence[Path | str] | Path | str,
+    *,
+    truth: str | Scorer | None = None,
+    answer_path: str | None = None,
+    top_tier: str | None = None,
+    allow_mixed: bool = False,
+) -> Comparison:
+    """`compare`, keeping the notes and the runs with the table: what the command line
+    prints, and in a notebook the table with its notes and charts."""
     if isinstance(paths, str | Path):
         paths = [paths]
     runs = read_runs(paths)
     spec = None if truth is None else Truth.of(truth, answer_path=answer_path)
-    return compare_runs(runs, truth=spec, top_tier=top_tier, allow_mixed=allow_mixed).frame
+    return compare_runs(runs, truth=spec, top_tier=top_tier, allow_mixed=allow_mixed)
 
 
 def compare_runs(
@@ -109,6 +138,7 @@ _SCHEMA: dict[str, Any] = {
     "calls": pl.Int64(),
     "escalation_rate": pl.Float64(),
     "fallback_rate": pl.Float64(),
+    "repair_rate": pl.Float64(),
     "cost_per_row_usd": pl.Float64(),
     "total_usd": pl.Float64(),
     "new_spend_usd": pl.Float64(),
@@ -224,6 +254,8 @@ def _figures(run: Run, *, truth: Truth | None, top: str | None) -> dict[str, Any
         "calls": charged.height,
         "escalation_rate": _mean(ran["escalated"]),
         "fallback_rate": _mean(ran["fallback_used"]),
+        # rows a repair turn saved from escalating (`run.repair_attempts`); 0 before repairs
+        "repair_rate": _mean(ran["repaired"]) if "repaired" in ran.columns else 0.0,
         "cost_per_row_usd": total / ran.height if ran.height and total is not None else None,
         "total_usd": total,
         # cached is part of total, so only float noise could make the difference negative

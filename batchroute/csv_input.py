@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from batchroute.errors import DatasetError
+from batchroute.errors import DatasetError, one_line
 from batchroute.job import ColumnType
 
 ARROW_TYPES: dict[str, pa.DataType] = {
@@ -192,8 +192,3 @@ def _casts(values: pa.Array, target: pa.DataType) -> bool:
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         return False
     return True
-
-
-def one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__

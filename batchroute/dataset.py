@@ -16,15 +16,12 @@ from batchroute.csv_input import (
     CsvLayout,
     bad_value,
     infer_layout,
-    one_line,
     require_utf8,
 )
-from batchroute.errors import DatasetError
+from batchroute.errors import DatasetError, one_line
 
 if TYPE_CHECKING:
     from batchroute.job import ColumnType, Job
-
-ROW_ID = "row_id"
 
 
 @dataclass(frozen=True, slots=True)

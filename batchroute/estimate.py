@@ -10,10 +10,10 @@ from pathlib import Path
 
 from batchroute.dataset import open_dataset
 from batchroute.job import Job
-from batchroute.preflight import RunOptions
+from batchroute.options import RunOptions
 from batchroute.prompts import BadRowInput, build_messages, estimate_prompt_tokens
 from batchroute.results import read_results
-from batchroute.router import Plan, build_router
+from batchroute.router import PendingPlan, Plan, build_router
 from batchroute.stats import Z_95, wilson
 
 
@@ -48,8 +48,8 @@ def estimate(job: Job, *, escalation_rate: float) -> tuple[int, list[TierEstimat
     router = build_router(job)
     tallies: dict[tuple[str, int, str], _Tally] = {}
 
-    def add(plan: Plan, tier: int, model: str, *, rows: float, tokens: float, out: int) -> None:
-        tally = tallies.setdefault((plan.name, tier, model), _Tally())
+    def add(plan: str, tier: int, model: str, *, rows: float, tokens: float, out: int) -> None:
+        tally = tallies.setdefault((plan, tier, model), _Tally())
         tally.rows += rows
         tally.prompt_tokens += tokens
         tally.completion_tokens += rows * out
@@ -64,12 +64,12 @@ def estimate(job: Job, *, escalation_rate: float) -> tuple[int, list[TierEstimat
             except BadRowInput:
                 continue  # such a row fails without a call
             tokens = estimate_prompt_tokens(messages)
-            targets = [(plan, 1.0)]
-            if plan.classifier is not None:
+            targets: list[tuple[Plan, float]]
+            if isinstance(plan, PendingPlan):
                 classifier = plan.classifier
                 asked = estimate_prompt_tokens(classifier.messages(row))
                 add(
-                    plan,
+                    plan.name,
                     0,
                     classifier.model,
                     rows=1.0,
@@ -78,11 +78,13 @@ def estimate(job: Job, *, escalation_rate: float) -> tuple[int, list[TierEstimat
                 )
                 picks = classifier.plans()
                 targets = [(pick, 1.0 / len(picks)) for pick in picks]
+            else:
+                targets = [(plan, 1.0)]
             for target, weight in targets:
                 out = int(target.params.get("max_tokens") or job.run.default_max_tokens)
                 share = weight
                 for tier, model in enumerate(target.tiers):
-                    add(target, tier, model, rows=share, tokens=tokens * share, out=out)
+                    add(target.name, tier, model, rows=share, tokens=tokens * share, out=out)
                     share *= escalation_rate
     return dataset.num_rows, [_priced(job, key, tally) for key, tally in tallies.items()]
 

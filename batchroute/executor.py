@@ -13,12 +13,13 @@ from typing import Any
 
 from batchroute.caller import Caller, TierOutcome
 from batchroute.checks import GraderError, Subject, Verdict
-from batchroute.classifier import Classifier
+from batchroute.classifier import Classifier, PendingPlan
 from batchroute.errors import FailureKind
 from batchroute.job import Job
 from batchroute.prompts import BadRowInput, Message, build_messages
-from batchroute.records import CLASSIFIER, FAILED, JUDGE, OK, SKIPPED, RowResult
-from batchroute.router import Plan
+from batchroute.records import CLASSIFIER, FAILED, JUDGE, OK, REPAIR, SKIPPED, RowResult
+from batchroute.repair import repair_messages, repairable
+from batchroute.router import Plan, Routed
 from batchroute.shadow import ShadowPolicy
 
 
@@ -31,8 +32,9 @@ class Executor:
         self._system = job.input.system_template()
         self._messages_column = job.input.messages
         self._shadow = ShadowPolicy.from_job(job)
+        self._repair_attempts = job.run.repair_attempts
 
-    async def run_row(self, row_id: object, row: Mapping[str, Any], plan: Plan) -> RowResult:
+    async def run_row(self, row_id: object, row: Mapping[str, Any], plan: Routed) -> RowResult:
         result = RowResult(row_id=row_id, plan=plan.name, rule=plan.rule)
         result.route_key = plan.rule or plan.name
         try:
@@ -45,7 +47,7 @@ class Executor:
         except BadRowInput as exc:
             result.status, result.error = FAILED, f"bad input: {exc}"
             return result
-        if plan.classifier is not None:
+        if isinstance(plan, PendingPlan):
             plan = await self._classify(row_id, row=row, classifier=plan.classifier, result=result)
         verdicts = await self._run_tiers(
             row_id, row=row, messages=messages, plan=plan, result=result
@@ -126,6 +128,17 @@ class Executor:
                 return verdicts
             grader = _RowGrader(self._caller, row_id=row_id, tier=tier, result=result)
             verdict = await plan.check.verify(_subject(outcome, row=row), grader=grader)
+            if repairable(verdict) and self._repair_attempts:
+                outcome, verdict = await self._repair(
+                    row_id,
+                    row=row,
+                    messages=messages,
+                    plan=plan,
+                    tier=tier,
+                    outcome=outcome,
+                    verdict=verdict,
+                    result=result,
+                )
             assert outcome.model is not None
             verdicts[outcome.model] = verdict
             result.check_passed = verdict.passed
@@ -143,6 +156,48 @@ class Executor:
         # Every tier's answer failed the check: keep the last answer (it is often still the
         # best there is) and let `check_passed = false` say that nothing vouched for it.
         return verdicts
+
+    async def _repair(
+        self,
+        row_id: object,
+        *,
+        row: Mapping[str, Any],
+        messages: list[Message],
+        plan: Plan,
+        tier: int,
+        outcome: TierOutcome,
+        verdict: Verdict,
+        result: RowResult,
+    ) -> tuple[TierOutcome, Verdict]:
+        """Up to `run.repair_attempts` more turns of the model that answered, each told why
+        its last answer failed; the last answer and its verdict. A repair call that fails
+        leaves the answer before it: the row escalates as it would have."""
+        assert plan.check is not None
+        for _ in range(self._repair_attempts):
+            if not repairable(verdict):
+                break  # a repaired answer that now fails a content check: no more turns
+            assert outcome.answer is not None and outcome.model is not None
+            turn = await self._caller.call_tier(
+                row_id,
+                tier=tier,
+                model=outcome.model,
+                messages=repair_messages(messages, answer=outcome.answer, verdict=verdict),
+                params=plan.params,
+                purpose=REPAIR,
+            )
+            result.calls.extend(turn.records)
+            result.repairs += 1
+            if turn.failure is not None:
+                break
+            result.answer, result.model = turn.answer, turn.model
+            result.fallback_used = result.fallback_used or turn.fallback_used
+            grader = _RowGrader(self._caller, row_id=row_id, tier=tier, result=result)
+            outcome = turn
+            verdict = await plan.check.verify(_subject(turn, row=row), grader=grader)
+            if verdict.passed:
+                result.repaired = True
+                break
+        return outcome, verdict
 
     async def _run_shadow(
         self,

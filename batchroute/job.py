@@ -5,9 +5,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -79,12 +81,33 @@ class OutputConfig(_Section):
 class EndpointConfig(_Section):
     base_url: str = EMBEDDED
     api_key_env: str | None = None
-    timeout_s: Annotated[float, Field(gt=0)] = 60.0
+    timeout_s: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 60.0
     charge_header: str = "X-MDB-Charged-USD"
     balance_header: str = "X-MDB-Balance-USD"
     transport: Literal["aiohttp", "openai"] = "aiohttp"
     # A body larger than this fails its call (response_too_large) instead of filling memory.
     max_response_bytes: Annotated[int, Field(gt=0)] = 4 * 1024 * 1024
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        """An http(s) URL with a host and a valid port, or "embedded"; checked here, because
+        the HTTP clients reject such a URL only at the first request, as an internal error."""
+        if value == EMBEDDED:
+            return value
+        # Never echo the URL: it may hold a password.
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError('not an http(s) URL such as "https://host/v1", nor "embedded"')
+        if parts.username is not None or parts.password is not None:
+            raise ValueError("holds a user or password; put the key in api_key_env instead")
+        try:
+            port = parts.port
+        except ValueError:
+            port = 0
+        if port == 0:
+            raise ValueError("the port must be a number from 1 to 65535")
+        return value
 
     @property
     def embedded(self) -> bool:
@@ -268,6 +291,8 @@ class RunConfig(_Section):
     min_balance_usd: Annotated[float, Field(ge=0)] | None = None
     grace_s: Annotated[float, Field(ge=0)] = 10.0  # for calls in flight after an interrupt
     max_retry_after_s: Annotated[float, Field(ge=0)] = 120.0  # the longest Retry-After obeyed
+    # Turns the same model gets to fix an answer that failed a format check, before escalating.
+    repair_attempts: Annotated[int, Field(ge=0, le=5)] = 0
 
 
 class StoreConfig(_Section):
@@ -316,6 +341,27 @@ class Job(_Section):
     def model(self, name: str) -> ModelConfig:
         return self.models.get(name, NO_MODEL_SETTINGS)
 
+    def with_response_model(self, model: type[BaseModel]) -> Job:
+        """This job answering in `model`'s JSON schema: the response format asks for it,
+        every json_schema check validates against it (one is added if there is none), and the
+        results' `parsed` column has its fields. Plans' own params and checks are kept."""
+        response = ResponseFormat.model_validate(
+            {
+                "type": "json_schema",
+                "name": re.sub(r"[^A-Za-z0-9_-]", "_", model.__name__)[:64],
+                "schema": model.model_json_schema(),
+            }
+        )
+        checks = [
+            # No schema of its own: the check uses the response format's.
+            check.model_copy(update={"schema_": None}) if check.type == "json_schema" else check
+            for check in self.check or ()
+        ]
+        if not any(check.type == "json_schema" for check in checks):
+            checks.insert(0, CheckConfig(type="json_schema"))
+        params = self.params.model_copy(update={"response_format": response})
+        return self.model_copy(update={"params": params, "check": tuple(checks)})
+
     def endpoint_name(self, model: str) -> str:
         """Which endpoint serves `model`: its own `endpoint`, else the job's."""
         return self.model(model).endpoint or DEFAULT_ENDPOINT
@@ -329,13 +375,31 @@ class Job(_Section):
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)
 
     def key(self) -> str:
-        """Identifies the job across runs: the same settings, the same key (resume), from
-        whatever directory it is run."""
+        """Identifies the job across runs, from whatever directory it is run: the same key, the
+        same run to resume, the same outputs to replace without --force.
+
+        Only what decides the results is keyed (the `_NOT_KEYED_*` lists name the rest): how
+        fast, how hard or how long a run may go must not turn a resume into a new run, or a
+        lower concurrency after a wall of 429s would start a new run that reports the killed
+        run's own answers as "cached" and refuses its results for --retry-failed."""
         settings = self.settings()
         for section, name in _PATH_SETTINGS:
             value = settings.get(section, {}).get(name)
             if value is not None:
                 settings[section][name] = str(Path(value).resolve())
+        repairs = self.run.repair_attempts
+        for section in _NOT_KEYED_SECTIONS:
+            settings.pop(section, None)
+        if repairs:  # they change answers; keyed only when on, so other jobs keep their keys
+            settings["repair_attempts"] = repairs
+        for endpoint in (settings.get("endpoint", {}), *settings.get("endpoints", {}).values()):
+            for name in _NOT_KEYED_ENDPOINT:
+                endpoint.pop(name, None)
+        for model in settings.get("models", {}).values():
+            for name in _NOT_KEYED_MODEL:
+                model.pop(name, None)
+        settings.get("input", {}).pop("batch_rows", None)  # how the input is read, not what
+        settings.get("simulator", {}).pop("balance_usd", None)  # a fresh simulator each run
         canonical = json.dumps(settings, sort_keys=True, separators=(",", ":"))
         return hashlib.blake2b(canonical.encode(), digest_size=12).hexdigest()
 
@@ -361,9 +425,22 @@ _PATH_SETTINGS = (
     ("output", "calls"),
     ("simulator", "models"),
     ("simulator", "replay"),
-    ("store", "path"),
     ("route", "router"),
 )
+
+# Left out of `Job.key`. Keyed are the input, the prompt, the route, plans, checks, params,
+# models' prices and fallbacks, the endpoint's URL and charge headers (all change answers or
+# the figures written) and the output paths (a job writing elsewhere is another job, with its
+# own run to resume). Not keyed:
+# - [run]: concurrency, retries, backoff, budget and grace decide how a run goes, not what a
+#   finished row holds; raising the budget or lowering the concurrency must resume the run.
+#   (`run.repair_attempts` is the exception: it changes answers, so it is keyed.)
+# - [store]: the store is where run ids live; another store cannot hold this run anyway.
+_NOT_KEYED_SECTIONS = ("run", "store")
+# The client's timeout, its HTTP library and the variable holding the key: the same answers.
+_NOT_KEYED_ENDPOINT = ("timeout_s", "transport", "api_key_env")
+# Rate limits shape the pace of calls, not their answers.
+_NOT_KEYED_MODEL = ("rpm", "tpm", "max_concurrency")
 
 
 def route_targets(job: Job) -> list[str]:
@@ -408,8 +485,11 @@ def models_named(job: Job) -> dict[str, list[str]]:
     return roles
 
 
-def load_job(path: Path | str) -> Job:
-    """Read and validate a job file; relative paths in it are relative to the file."""
+def load_job(path: Path | str, *, response_model: type[BaseModel] | None = None) -> Job:
+    """Read and validate a job file; relative paths in it are relative to the file.
+
+    `response_model`, a pydantic model: the job answers in its schema
+    (`Job.with_response_model`)."""
     path = Path(path)
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -426,7 +506,7 @@ def load_job(path: Path | str) -> Job:
     job = _anchor_paths(job, base=path.parent, source=path)
     if job.simulator.replay is not None:
         _check_replay(job.simulator.replay, source=path)
-    return job
+    return job if response_model is None else job.with_response_model(response_model)
 
 
 def _check_replay(table: Path, *, source: Path) -> None:

@@ -10,29 +10,63 @@ from __future__ import annotations
 import difflib
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 
 from batchroute.endpoints import api_keys, endpoint_urls
-from batchroute.errors import ConfigError
+from batchroute.errors import ConfigError, one_line
 from batchroute.job import DEFAULT_ENDPOINT, Job, models_named, route_targets
-from batchroute.transport import Transport, TransportConnection, TransportTimeout
-
-if TYPE_CHECKING:
-    import openai
+from batchroute.transport import (
+    Transport,
+    TransportConnection,
+    TransportError,
+    TransportTimeout,
+    open_transport,
+)
 
 log = logging.getLogger("batchroute")
 
 
-async def served_models(client: openai.AsyncOpenAI) -> list[str] | None:
-    """The model ids the endpoint lists (every page); None when it has no such route (404)."""
-    import openai
+_MAX_PAGES = 100  # a server that always says "more" must not keep a run from starting
 
-    try:
-        return [model.id async for model in client.models.list()]
-    except openai.NotFoundError:
+
+@dataclass(frozen=True, slots=True)
+class Listing:
+    """What `GET /models` gave: the served ids (every page), or why there are none."""
+
+    served: list[str] | None  # None: no usable list (see `status`)
+    status: int  # the HTTP status of the last page asked for
+
+
+async def fetch_models(transport: Transport) -> Listing:
+    """Every model id the endpoint lists, page after page.
+
+    Most servers answer with one page. Those that page (OpenAI's list shape, Anthropic's)
+    say `has_more` and are asked again `after` the last id (`last_id` when they give it).
+    Raises TransportError when no HTTP answer comes."""
+    served: list[str] = []
+    after: str | None = None
+    for _ in range(_MAX_PAGES):
+        reply = await transport.models(after=after)
+        if not 200 <= reply.status < 300:
+            return Listing(None, reply.status)
+        ids = _model_ids(reply.body)
+        if ids is None:
+            return Listing(None, reply.status)
+        served.extend(i for i in dict.fromkeys(ids) if i not in served)
+        cursor = _next_cursor(reply.body, ids)
+        if cursor is None or cursor == after:
+            break
+        after = cursor
+    return Listing(served, 200)
+
+
+def _next_cursor(body: Any, ids: list[str]) -> str | None:
+    if not isinstance(body, dict) or body.get("has_more") is not True or not ids:
         return None
+    last = body.get("last_id")
+    return last if isinstance(last, str) and last else ids[-1]
 
 
 def closest(name: str, *, served: list[str], n: int = 3) -> list[str]:
@@ -62,59 +96,81 @@ def missing_message(
     return f"{job.source}: model {model!r} is not served by {where}{hint}"
 
 
-def _client(job: Job, *, endpoint: str, base_url: str, api_key: str) -> openai.AsyncOpenAI:
-    # Its own short-lived client: one GET, for `batchroute models`. Imported here because the
-    # SDK is slow to import and `batchroute run` lists the models through its own transport.
-    import openai
-
-    timeout = job.all_endpoints()[endpoint].timeout_s
-    return openai.AsyncOpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=timeout)
-
-
-async def check_served(job: Job, *, endpoint: str, transport: Transport, base_url: str) -> None:
+async def check_served(
+    job: Job, *, endpoint: str, transport: Transport, base_url: str
+) -> str | None:
     """Raise ConfigError for the first model the job names that the endpoint does not serve.
 
     An endpoint without the route is tolerated with a warning, as is one that fails to list:
-    the run's own calls then say what is wrong, row by row. The list is fetched through the
-    run's own transport, so a run over plain HTTP never loads the openai SDK (most of its
-    start-up time); the statuses mean what they meant to the SDK's `models.list()`.
+    the run's own calls then say what is wrong, row by row. Returns a hint for that case
+    when one is known (the URL lacks its `/v1`). The list is fetched through the run's own
+    transport, so a run over plain HTTP never loads the openai SDK (most of its start-up
+    time); the statuses mean what they meant to the SDK's `models.list()`.
     """
     where = _where(job, endpoint, base_url)
     try:
-        reply = await transport.models()
+        listing = await fetch_models(transport)
     except TransportTimeout:
         log.warning("%s did not list its models in time; names not checked", where)
-        return
+        return None
     except TransportConnection as exc:
         # Nothing answers there: every row would fail after its retries, so say it once now.
-        raise ConfigError(f"{job.source}: endpoint.base_url: cannot reach {where}: {exc}") from None
-    if reply.status == 404:
-        log.warning("%s has no GET /models route; the job's model names were not checked", where)
-        return
-    if reply.status in (401, 403):
-        return  # the first call stops the run with the credentials error
-    if not 200 <= reply.status < 300:
+        raise ConfigError(
+            f"{job.source}: {_key(endpoint)}: cannot reach {where}: {one_line(exc)}"
+        ) from None
+    if listing.status == 404:
+        hint = await _v1_hint(job, endpoint=endpoint, base_url=base_url)
         log.warning(
-            "%s answered %s to GET /models; the job's model names were not checked",
+            "%s has no GET /models route; the job's model names were not checked%s",
             where,
-            reply.status,
+            f"; {hint}" if hint else "",
         )
-        return
-    served = _model_ids(reply.body)
-    if served is None:
+        return hint
+    if listing.status in (401, 403):
+        return None  # the first call stops the run with the credentials error
+    if listing.served is None:
         log.warning(
-            "could not list the models of %s (not a model list); the job's model names"
-            " were not checked",
+            "could not list the models of %s (%s); the job's model names were not checked",
             where,
+            "not a model list" if listing.status == 200 else f"it answered {listing.status}",
         )
-        return
+        return None
     for model in _models_on(job, endpoint):
-        if model not in served:
+        if model not in listing.served:
             raise ConfigError(
                 missing_message(
-                    job, model=model, served=served, endpoint=endpoint, base_url=base_url
+                    job, model=model, served=listing.served, endpoint=endpoint, base_url=base_url
                 )
             )
+    return None
+
+
+def _key(endpoint: str) -> str:
+    """The job file's key of an endpoint's URL."""
+    return "endpoint.base_url" if endpoint == DEFAULT_ENDPOINT else f"endpoints.{endpoint}.base_url"
+
+
+async def _v1_hint(job: Job, *, endpoint: str, base_url: str) -> str | None:
+    """'did you mean .../v1?' when the URL lacks the `/v1` under which the server answers."""
+    base = base_url.rstrip("/")
+    if base.endswith("/v1") or job.all_endpoints()[endpoint].embedded:
+        return None
+    config = job.all_endpoints()[endpoint]
+    try:
+        async with open_transport(
+            "aiohttp",
+            base_url=base + "/v1",
+            api_key=api_keys(job)[endpoint],
+            timeout_s=config.timeout_s,
+            connections=1,
+            max_response_bytes=config.max_response_bytes,
+        ) as probe:
+            reply = await probe.models()
+    except TransportError:
+        return None
+    if reply.status == 404:
+        return None
+    return f'did you mean {_key(endpoint)} = "{base}/v1"?'
 
 
 def _model_ids(body: Any) -> list[str] | None:
@@ -164,22 +220,35 @@ class ModelsReport:
 
 
 async def list_models(job: Job, *, base_urls: dict[str, str]) -> list[ModelsReport]:
-    """Ask each endpoint the job uses for its models and compare them with the job's."""
-    import openai
-
-    keys = api_keys(job)
+    """Ask each endpoint the job uses for its models (every page, through the endpoint's own
+    transport, as `batchroute run` does) and compare them with the job's."""
+    keys, endpoints = api_keys(job), job.all_endpoints()
     reports = []
     for endpoint, base_url in base_urls.items():
         where = _where(job, endpoint, base_url)
-        client = _client(job, endpoint=endpoint, base_url=base_url, api_key=keys[endpoint])
+        config = endpoints[endpoint]
         try:
-            async with client:
-                served = await served_models(client)
-        except openai.APIError as exc:
+            async with open_transport(
+                config.transport,
+                base_url=base_url,
+                api_key=keys[endpoint],
+                timeout_s=config.timeout_s,
+                connections=1,
+                max_response_bytes=config.max_response_bytes,
+            ) as transport:
+                listing = await fetch_models(transport)
+        except TransportError as exc:
             raise ConfigError(
-                f"{job.source}: cannot list the models of {where}: {type(exc).__name__}"
+                f"{job.source}: {_key(endpoint)}: cannot list the models of {where}:"
+                f" {one_line(exc)}"
             ) from None
-        reports.append(ModelsReport(where=where, named=_models_on(job, endpoint), served=served))
+        if listing.served is None and listing.status != 404:
+            answer = "not a model list" if listing.status == 200 else f"HTTP {listing.status}"
+            raise ConfigError(
+                f"{job.source}: {_key(endpoint)}: cannot list the models of {where}: {answer}"
+            )
+        named = _models_on(job, endpoint)
+        reports.append(ModelsReport(where=where, named=named, served=listing.served))
     return reports
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from batchroute.check_config import CheckConfig
 from batchroute.checks import (
@@ -21,24 +21,16 @@ from batchroute.errors import ConfigError
 from batchroute.job import Job, Params
 from batchroute.judge import JudgeCheck
 
-if TYPE_CHECKING:
-    from batchroute.classifier import Classifier
-
 
 @dataclass(frozen=True, slots=True)
 class Plan:
-    """Ordered tiers (model names), an optional check suite, and the request parameters.
-
-    A router may hand out a plan that is not final yet: one carrying a `classifier`, which
-    the executor resolves for the row (one model call) into the plan the label picks.
-    """
+    """Ordered tiers (model names), an optional check suite, and the request parameters."""
 
     name: str
     tiers: tuple[str, ...]
     check: CheckSuite | None = None
     params: dict[str, Any] = field(default_factory=dict)
     rule: str | None = None  # the rule that picked this plan, for the results and the summary
-    classifier: Classifier | None = None
 
     @property
     def is_cascade(self) -> bool:

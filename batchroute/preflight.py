@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
 
 import polars as pl
 
@@ -15,24 +15,13 @@ from batchroute.dataset import Dataset, open_dataset
 from batchroute.endpoints import api_keys
 from batchroute.errors import ConfigError, DatasetError, OutputError
 from batchroute.job import Job
+from batchroute.lock import output_lock
+from batchroute.options import RunOptions as RunOptions  # its old home; estimate.py
+from batchroute.parsed import parser_for
 from batchroute.records import result_schema
 from batchroute.router import Router, build_router
 from batchroute.sink import read_metadata
 from batchroute.store import CallStore
-
-CacheMode = Literal["use", "off", "offline"]
-
-
-@dataclass(frozen=True, slots=True)
-class RunOptions:
-    """How to run, beyond the job file: the command line's flags."""
-
-    force: bool = False  # replace outputs written by a different job
-    quiet: bool = True
-    cache: CacheMode = "use"
-    retry_failed: Path | None = None  # an earlier results file whose failed rows to rerun
-    handle_signals: bool = False  # only in the main thread of a CLI process
-    limit_rows: int | None = None  # only the first rows (estimate --sample)
 
 
 @dataclass(slots=True)
@@ -44,35 +33,77 @@ class Prepared:
     run_id: str
     resumed: bool
     calls_file: str
+    held: contextlib.ExitStack  # the outputs' locks and the store, released by `close`
+
+    def close(self) -> None:
+        """Close the store and release the job's lock."""
+        self.held.close()
 
 
 def prepare(job: Job, options: RunOptions) -> Prepared:
-    """Validate job, data and paths; open the store and decide the run id. Blocking."""
+    """Validate job, data and paths; take the job's lock, open the store and decide the run
+    id. Blocking. The caller must `close` what it returns."""
     dataset = open_dataset(job, limit_rows=options.limit_rows)
     _check_columns(job, dataset)
     router = build_router(job)
     router.validate(dataset)  # rule predicates, classifier and judge templates vs the columns
     job_key = job.key()
+    assert job.store.path is not None  # load_job fills in the default
+    _check_output_paths(job)
     for path in (job.output.path, job.output.calls_path):
         check_output(path, job_key=job_key, force=options.force)
-    if job.output.path.resolve() == job.output.calls_path.resolve():
-        raise ConfigError(f"{job.source}: output.calls must differ from output.path")
     keys = api_keys(job)
     previous_run = _previous_run(options.retry_failed, job_key=job_key)
-    assert job.store.path is not None  # load_job fills in the default
-    store = CallStore(job.store.path)
-    new_run_id = _new_run_id()
-    run_id = store.open_run(job_key, new_run_id=new_run_id, reopen=previous_run)
-    calls_file = os.path.relpath(job.output.calls_path, job.output.path.parent)
-    return Prepared(
-        dataset,
-        router,
-        keys,
-        store,
-        run_id,
-        resumed=run_id != new_run_id,
-        calls_file=calls_file,
-    )
+    with contextlib.ExitStack() as held:
+        # The lock comes before the store's run id: a second run of the job must not resume
+        # the first one's run while it is still going.
+        for key, path in (
+            ("output.path", job.output.path),
+            ("output.calls", job.output.calls_path),
+        ):
+            held.enter_context(output_lock(path, where=f"{job.source}: {key}"))
+        try:
+            store = CallStore(job.store.path)
+        except ConfigError as exc:
+            raise ConfigError(f"{job.source}: store.path: {exc}") from None
+        held.callback(store.close)
+        new_run_id = _new_run_id()
+        run_id = store.open_run(job_key, new_run_id=new_run_id, reopen=previous_run)
+        calls_file = os.path.relpath(job.output.calls_path, job.output.path.parent)
+        return Prepared(
+            dataset,
+            router,
+            keys,
+            store,
+            run_id,
+            resumed=run_id != new_run_id,
+            calls_file=calls_file,
+            held=held.pop_all(),
+        )
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+# Outputs are always Parquet; a name that says otherwise would be a Parquet file in disguise.
+_NOT_PARQUET = frozenset({".csv", ".tsv", ".json", ".jsonl", ".ndjson", ".txt", ".xlsx"})
+
+
+def _check_output_paths(job: Job) -> None:
+    """Whatever the flags, an output never replaces the input, the store or the other output."""
+    assert job.store.path is not None
+    results, calls = job.output.path, job.output.calls_path
+    if results.resolve() == calls.resolve():
+        raise ConfigError(f"{job.source}: output.calls must differ from output.path")
+    for key, path in (("output.path", results), ("output.calls", calls)):
+        if path.suffix.lower() in _NOT_PARQUET:
+            raise ConfigError(
+                f"{job.source}: {key}: {path.name} would be Parquet under a"
+                f" {path.suffix} name; name it .parquet"
+            )
+        for what, other in (("input.path", job.input.path), ("store.path", job.store.path)):
+            if path.resolve() == other.resolve():
+                raise ConfigError(
+                    f"{job.source}: {key}: {path} is the {what} file; write the output elsewhere"
+                )
 
 
 def _check_columns(job: Job, dataset: Dataset) -> None:
@@ -84,7 +115,7 @@ def _check_columns(job: Job, dataset: Dataset) -> None:
             dataset.require_columns(list(template.columns), what=f"{job.source}: {what}")
     if job.input.messages is not None:
         dataset.require_columns([job.input.messages], what=f"{job.source}: input.messages")
-    outputs = result_schema(pl.Int64())
+    outputs = result_schema(pl.Int64(), parser=parser_for(job.settings()))
     for column in dataset.schema:
         if column in outputs and not (column == "row_id" and job.input.id == "row_id"):
             raise DatasetError(

@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 from batchroute.job import Job
 from batchroute.records import FAILED, OK, SKIPPED, RowResult
-from batchroute.router import Plan, Router
+from batchroute.router import Router
 from batchroute.shadow import RouteStats
 
 
@@ -28,6 +28,8 @@ class RunStats:
     unverified: int = 0  # answered, but no tier's answer passed the check
     escalated: int = 0
     fallback: int = 0
+    repair_turns: int = 0  # repair calls' turns asked for
+    repaired: int = 0  # rows whose answer passed after a repair turn
     calls: int = 0
     cost_usd: float = 0.0  # the known charges
     priced_rows: int = 0  # rows with at least one known charge
@@ -48,6 +50,8 @@ class RunStats:
         self.unverified += result.status == OK and result.check_passed is False
         self.escalated += result.escalated
         self.fallback += result.fallback_used
+        self.repair_turns += result.repairs
+        self.repaired += result.repaired
         self.calls += len(result.calls)
         self.cost_usd += result.cost_usd or 0.0
         self.priced_rows += any(c.charge_usd is not None for c in result.charged_calls)
@@ -87,6 +91,8 @@ class RunStats:
             "calls": self.calls,
             "escalation_rate": self.escalated / ran if ran else 0.0,
             "fallback_rate": self.fallback / ran if ran else 0.0,
+            "repair_turns": self.repair_turns,
+            "repair_rate": self.repaired / ran if ran else 0.0,  # rows a repair turn saved
             "cost_usd": cost,  # the known charges; None when none is known (see the next)
             "cost_unknown_rows": self.unknown_cost_rows,
             "new_spend_usd": None if cost is None else cost - self.cached_usd,
@@ -111,7 +117,12 @@ class RunStats:
             + (f" ({self.unverified} failed the check on every tier)" if self.unverified else "")
             + f", {self.failed} failed"
             + (f", {self.skipped} skipped" if self.skipped else ""),
-            f"escalated {d['escalation_rate']:.1%}",
+            f"escalated {d['escalation_rate']:.1%}"
+            + (
+                f" (repaired {d['repair_rate']:.1%} in {self.repair_turns} repair turns)"
+                if self.repair_turns
+                else ""
+            ),
             _per_1k(d["cost_per_row_usd"], partly_unknown=self.unknown_cost_rows > 0),
             f"total {self.total_text()}"
             + (
@@ -187,14 +198,20 @@ class ProgressBar:
 
 
 def top_tier_of(router: Router) -> str | None:
-    """The model every row would go to in the "all on the best model" baseline."""
+    """The model every row would go to in the "all on the best model" baseline.
+
+    The run knows its plans, so its top tier is the last tier they share. `compare` reads
+    only outputs and takes the model with the dearest mean answer call instead
+    (`comparison._top_tier`): the two agree on a cascade and may differ on rules or a
+    classifier, where the run names no top tier at all.
+    """
     tops = {plan.tiers[-1] for plan in router.plans()}
     if len(tops) != 1 or all(not plan.is_cascade for plan in router.plans()):
         return None
     return tops.pop()
 
 
-def top_tier_cost(result: RowResult, plan: Plan, job: Job, top: str | None) -> float | None:
+def top_tier_cost(result: RowResult, *, job: Job, top: str | None) -> float | None:
     """The row's cost had it gone straight to the top tier: paid if it did, else priced."""
     if top is None:
         return None

@@ -7,6 +7,8 @@ from datetime import datetime
 
 import polars as pl
 
+from batchroute.parsed import PARSED, AnswerParser
+
 # cost_source values: where a charge came from
 HEADER = "header"
 PRICE_TABLE = "price_table"
@@ -20,6 +22,7 @@ OK, FAILED, SKIPPED = "ok", "failed", "skipped"
 # purpose values: why a call was made. Every purpose is charged to the row, except calls
 # made for shadow sampling (`shadow = true`), which are kept apart in `shadow_cost_usd`.
 ANSWER, CLASSIFIER, JUDGE = "answer", "classifier", "judge"
+REPAIR = "repair"  # another turn for an answer that failed a format check (repair.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +83,8 @@ class RowResult:
     label_unknown: bool = False  # the classifier's label picked no target: the default did
     past_cheapest: bool = False  # the router sent the row past the cheapest tier
     shadow_passed: bool | None = None  # sampled: would the cheapest tier have passed?
+    repairs: int = 0  # repair turns asked for (`run.repair_attempts`)
+    repaired: bool = False  # a repair turn's answer passed the check
 
     @property
     def charged_calls(self) -> list[CallRecord]:
@@ -158,8 +163,11 @@ def call_schema(id_dtype: pl.DataType) -> dict[str, pl.DataType]:
     }
 
 
-def result_schema(id_dtype: pl.DataType) -> dict[str, pl.DataType]:
-    return {
+def result_schema(
+    id_dtype: pl.DataType, *, parser: AnswerParser | None = None
+) -> dict[str, pl.DataType]:
+    """The results' columns; `parsed` after them when the job has a JSON schema."""
+    schema: dict[str, pl.DataType] = {
         "row_id": id_dtype,
         "answer": pl.String(),
         "model": pl.String(),
@@ -185,7 +193,13 @@ def result_schema(id_dtype: pl.DataType) -> dict[str, pl.DataType]:
         "classifier_cost_usd": pl.Float64(),
         "shadow_passed": pl.Boolean(),
         "shadow_cost_usd": pl.Float64(),
+        # repair turns
+        "repairs": pl.Int32(),
+        "repaired": pl.Boolean(),
     }
+    if parser is not None:
+        schema[PARSED] = parser.dtype
+    return schema
 
 
 def calls_frame(calls: list[CallRecord], *, id_dtype: pl.DataType) -> pl.DataFrame:
@@ -194,7 +208,11 @@ def calls_frame(calls: list[CallRecord], *, id_dtype: pl.DataType) -> pl.DataFra
     return pl.DataFrame(columns, schema=schema)
 
 
-def results_frame(results: list[RowResult], *, id_dtype: pl.DataType) -> pl.DataFrame:
+def results_frame(
+    results: list[RowResult], *, id_dtype: pl.DataType, parser: AnswerParser | None = None
+) -> pl.DataFrame:
+    """The results of rows; with a parser, each answer read into the typed `parsed` column
+    (here, in the batch writer's thread: parsing is the writer's work, not the loop's)."""
     schema = result_schema(id_dtype)
     columns: dict[str, list[object]] = {name: [] for name in schema}
     for r in results:
@@ -222,4 +240,9 @@ def results_frame(results: list[RowResult], *, id_dtype: pl.DataType) -> pl.Data
         columns["classifier_cost_usd"].append(r.classifier_cost_usd)
         columns["shadow_passed"].append(r.shadow_passed)
         columns["shadow_cost_usd"].append(r.shadow_cost_usd)
-    return pl.DataFrame(columns, schema=schema)
+        columns["repairs"].append(r.repairs)
+        columns["repaired"].append(r.repaired)
+    frame = pl.DataFrame(columns, schema=schema)
+    if parser is not None:
+        frame = frame.with_columns(parser.parse([r.answer for r in results]))
+    return frame

@@ -11,12 +11,12 @@ from datetime import UTC, datetime
 from html import escape
 from pathlib import Path
 
-from batchroute import __version__
 from batchroute.charts import cost_quality, model_mix
 from batchroute.compare_format import display_rows, shares_text, shown_keys
 from batchroute.comparison import Comparison
 from batchroute.errors import OutputError
 from batchroute.svg_charts import cost_quality_svg, model_mix_svg
+from batchroute.version import __version__
 
 __all__ = ["render_report", "write_report"]
 
@@ -151,6 +151,7 @@ def render_report(comparison: Comparison, *, title: str | None = None) -> str:
 def write_report(comparison: Comparison, path: Path, *, title: str | None = None) -> None:
     """Write the page to `path` (UTF-8); OutputError when it cannot be written."""
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)  # as `batchroute run` makes its folder
         path.write_text(render_report(comparison, title=title), encoding="utf-8")
     except OSError as exc:
         raise OutputError(f"{path}: cannot write the report: {exc.strerror or exc}") from None

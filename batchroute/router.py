@@ -19,7 +19,7 @@ from typing import Protocol
 import polars as pl
 
 from batchroute.checks import normalize_label
-from batchroute.classifier import DEFAULT, Classifier
+from batchroute.classifier import DEFAULT, Classifier, PendingPlan
 from batchroute.dataset import Dataset
 from batchroute.errors import ConfigError, DatasetError
 from batchroute.job import Job
@@ -31,12 +31,18 @@ from batchroute.shadow import ShadowPolicy
 __all__ = [
     "ClassifierRouter",
     "LearnedRouter",
+    "PendingPlan",
     "Plan",
+    "Routed",
     "Router",
     "RulesRouter",
     "SinglePlanRouter",
     "build_router",
 ]
+
+
+# What a router hands each row: a plan, or the classifier's plan still pending its label.
+Routed = Plan | PendingPlan
 
 
 class Router(Protocol):
@@ -46,7 +52,7 @@ class Router(Protocol):
         """Every plan this router can pick, for validation and cost estimates."""
         ...
 
-    def route(self, frame: pl.DataFrame) -> list[Plan]:
+    def route(self, frame: pl.DataFrame) -> Sequence[Routed]:
         """One plan per row of `frame`, in order; whole-batch so rules can run in polars."""
         ...
 
@@ -132,13 +138,13 @@ class ClassifierRouter:
 
     def __init__(self, classifier: Classifier, *, source: Path | None = None) -> None:
         self._classifier = classifier
-        self._pending = Plan(name="classifier", tiers=(), classifier=classifier)
+        self._pending = PendingPlan(classifier)
         self._source = source
 
     def plans(self) -> list[Plan]:
         return self._classifier.plans()
 
-    def route(self, frame: pl.DataFrame) -> list[Plan]:
+    def route(self, frame: pl.DataFrame) -> list[PendingPlan]:
         return [self._pending] * frame.height
 
     def validate(self, dataset: Dataset) -> None:

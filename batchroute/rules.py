@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import polars as pl
 
+from batchroute.errors import one_line
+
 # Errors polars raises for a predicate it cannot parse or evaluate. A panic in its Rust core
 # surfaces as PanicException, which is a BaseException: name it, so it is a config error too.
 _POLARS_ERRORS = (pl.exceptions.PolarsError, pl.exceptions.PanicException)
@@ -127,9 +129,7 @@ class Predicate:
         try:
             expr = pl.sql_expr(sql)
         except _POLARS_ERRORS as exc:
-            raise PredicateError(
-                f"not a SQL expression polars can read: {_first_line(exc)}"
-            ) from None
+            raise PredicateError(f"not a SQL expression polars can read: {one_line(exc)}") from None
         return cls(sql=sql, expr=expr)
 
     @property
@@ -150,9 +150,7 @@ class Predicate:
         try:
             dtype = pl.DataFrame(schema=dict(schema)).select(self.expr).to_series().dtype
         except _POLARS_ERRORS as exc:
-            raise PredicateError(
-                f"cannot be evaluated on the dataset: {_first_line(exc)}"
-            ) from None
+            raise PredicateError(f"cannot be evaluated on the dataset: {one_line(exc)}") from None
         if dtype != pl.Boolean:
             raise PredicateError(f"gives {dtype}, not true/false")
 
@@ -172,13 +170,8 @@ def first_match(frame: pl.DataFrame, *, predicates: Sequence[Predicate]) -> list
     try:
         picked = frame.select(expr.alias("rule")).to_series().to_list()
     except _POLARS_ERRORS as exc:
-        raise PredicateError(f"cannot be evaluated on this batch: {_first_line(exc)}") from None
+        raise PredicateError(f"cannot be evaluated on this batch: {one_line(exc)}") from None
     if len(picked) == 1 and frame.height != 1:
         # Predicates that name no column (`true`, `1 = 1`) give one value for the batch.
         picked = picked * frame.height
     return picked
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__

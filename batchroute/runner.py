@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import random
-from collections.abc import AsyncIterator, Iterator
+from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,21 +15,23 @@ import anyio
 import polars as pl
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from batchroute import __version__
 from batchroute.budget import Budget
 from batchroute.caller import Caller
 from batchroute.control import RunControl
 from batchroute.dataset import Batch
-from batchroute.endpoints import endpoint_urls
-from batchroute.errors import BatchrouteError, Interrupted, RunStopped
+from batchroute.endpoints import endpoint_urls, used_endpoints
+from batchroute.errors import BatchrouteError, DatasetError, Interrupted, OutputError, RunStopped
 from batchroute.executor import Executor
 from batchroute.interrupts import watch_signals
 from batchroute.job import Job
 from batchroute.limits import Limits
 from batchroute.models_list import check_served
-from batchroute.preflight import Prepared, RunOptions, prepare
+from batchroute.options import RunOptions
+from batchroute.parsed import parser_for
+from batchroute.preflight import Prepared, prepare
 from batchroute.progress import ProgressBar, RunStats, top_tier_cost, top_tier_of
 from batchroute.records import (
+    FAILED,
     SKIPPED,
     CallRecord,
     RowResult,
@@ -37,10 +40,11 @@ from batchroute.records import (
     result_schema,
     results_frame,
 )
-from batchroute.router import Plan
+from batchroute.router import Routed
 from batchroute.sink import ParquetSink
 from batchroute.store import CallCache, StoreReader, StoreWriter
 from batchroute.transport import Transport, open_transport
+from batchroute.version import __version__
 
 
 @dataclass(slots=True)
@@ -54,23 +58,39 @@ class RunReport:
     summary_line: str
     resumed: bool = False
     stop_error: RunStopped | None = None
+    # The error that ended the most failed rows, and how many it ended; None if none failed.
+    top_error: tuple[str, int] | None = None
+    hints: tuple[str, ...] = ()  # what the checks before the first row suspect is wrong
+
+    def _repr_html_(self) -> str:
+        """The summary, the figures and the outputs' paths, in a notebook."""
+        from batchroute.notebook_html import report_html
+
+        return report_html(self)
+
+    @property
+    def no_row_ok(self) -> bool:
+        """Rows failed and not one ended ok (likely a wrong URL, model or key): exit 5."""
+        return self.summary.get("failed", 0) > 0 and self.summary.get("ok", 0) == 0
 
 
 async def arun(job: Job, options: RunOptions | None = None) -> RunReport:
     """Run `job` inside an already running event loop (a notebook, a script using anyio)."""
     options = options or RunOptions()
-    prep = await anyio.to_thread.run_sync(prepare, job, options)
     try:
-        with contextlib.ExitStack() as stack:
+        async with contextlib.AsyncExitStack() as stack:
+            prep = await anyio.to_thread.run_sync(prepare, job, options)
+            stack.callback(prep.close)  # the store, and the job's lock
             # Starting the embedded simulator, if any endpoint is one, blocks: a worker thread.
-            base_urls = await anyio.to_thread.run_sync(stack.enter_context, endpoint_urls(job))
+            if options.transport_factory is None:
+                base_urls = await anyio.to_thread.run_sync(stack.enter_context, endpoint_urls(job))
+            else:  # the factory's transports answer; nothing listens
+                base_urls = {name: e.base_url for name, e in used_endpoints(job).items()}
             return await _Run(job, prep, options).execute(base_urls)
     except BaseExceptionGroup as group:
         # A task group wraps what its tasks raised; our own errors (bad data met mid-stream,
         # an interrupt) must reach the caller as themselves, to become one-line messages.
         raise _ours(group) or group from None
-    finally:
-        prep.store.close()
     raise AssertionError("unreachable")  # pragma: no cover
 
 
@@ -114,15 +134,20 @@ class _Run:
         self.id_dtype = prep.dataset.id_dtype()
         schema = prep.dataset.schema
         self.input_schema = {k: (v() if isinstance(v, type) else v) for k, v in schema.items()}
-        self.result_cols = {
-            k: v for k, v in result_schema(self.id_dtype).items() if k not in self.input_schema
-        }
+        self.parser = parser_for(job.settings())  # the typed `parsed` column, if any
+        outputs = result_schema(self.id_dtype, parser=self.parser)
+        self.result_cols = {k: v for k, v in outputs.items() if k not in self.input_schema}
         self.control = RunControl()
         self.stats = RunStats(total=prep.dataset.num_rows)
         self.stats.top_tier = top_tier_of(prep.router)
         self.pending_calls: list[CallRecord] = []
         self.row_scopes: set[anyio.CancelScope] = set()
         self.hard_stop = False
+        self.errors: Counter[str] = Counter()  # failed rows by their error
+        self.hints: list[str] = []
+        # A row that stops converting mid-stream (the file changed under the run): the rows
+        # before it were paid for, so they are written first and the error raised after.
+        self.dataset_error: DatasetError | None = None
 
     def _sinks(self) -> tuple[ParquetSink, ParquetSink]:
         job, prep = self.job, self.prep
@@ -152,11 +177,82 @@ class _Run:
         return results, calls
 
     async def execute(self, base_urls: dict[str, str]) -> RunReport:
-        """`base_urls`: where each endpoint the job uses listens, by endpoint name."""
+        """`base_urls`: where each endpoint the job uses listens, by endpoint name.
+
+        Everything opened here is closed by one exit stack, in reverse order, however the run
+        ends: the outputs' temporary files are dropped unless finished, then the connections.
+        """
+        async with contextlib.AsyncExitStack() as stack:
+            transports = await self._open_transports(stack, base_urls)
+            results_sink, calls_sink = await self._open_sinks(stack)
+            bar = stack.enter_context(
+                contextlib.closing(ProgressBar(self.stats, quiet=self.options.quiet))
+            )
+            await self._run(transports, bar, results_sink, calls_sink)
+            summary = await self._finish(results_sink, calls_sink)
+        if self.dataset_error is not None:
+            raise self.dataset_error
+        prep = self.prep
+        top_error = self.errors.most_common(1)[0] if self.errors else None
+        summary_line = self.stats.summary_line()
+        if top_error is not None:
+            summary_line += f"; most common error ({top_error[1]} rows): {top_error[0]}"
+        return RunReport(
+            run_id=prep.run_id,
+            results_path=self.job.output.path,
+            calls_path=self.job.output.calls_path,
+            summary=summary,
+            summary_line=summary_line,
+            resumed=prep.resumed,
+            stop_error=self.control.stop_error,
+            top_error=top_error,
+            hints=tuple(self.hints),
+        )
+
+    async def _open_transports(
+        self, stack: contextlib.AsyncExitStack, base_urls: dict[str, str]
+    ) -> dict[str, Transport]:
+        """One transport per endpoint, each checked to serve the job's models."""
+        job = self.job
+        transports: dict[str, Transport] = {}
+        for name, base_url in base_urls.items():
+            transports[name] = await stack.enter_async_context(
+                self._transport(name, base_url=base_url)
+            )
+        if self.options.cache != "offline":  # a model an endpoint lacks stops the run here
+            for name, base_url in base_urls.items():
+                hint = await check_served(
+                    job, endpoint=name, transport=transports[name], base_url=base_url
+                )
+                if hint is not None:
+                    self.hints.append(hint)
+        return transports
+
+    async def _open_sinks(
+        self, stack: contextlib.AsyncExitStack
+    ) -> tuple[ParquetSink, ParquetSink]:
+        """The two outputs, written under temporary names that are dropped unless finished."""
+        sinks = self._sinks()
+        for key, sink in zip(("output.path", "output.calls"), sinks, strict=True):
+            stack.callback(sink.abort)  # after `finish`, a no-op
+            try:
+                await anyio.to_thread.run_sync(sink.open)
+            except OutputError as exc:
+                raise OutputError(f"{self.job.source}: {key}: {exc}") from None
+        return sinks
+
+    async def _run(
+        self,
+        transports: dict[str, Transport],
+        bar: ProgressBar,
+        results_sink: ParquetSink,
+        calls_sink: ParquetSink,
+    ) -> None:
+        """Every row, with the store's reader and writer beside them and, from the command
+        line, the signal watcher above them."""
         job, prep = self.job, self.prep
-        results_sink, calls_sink = self._sinks()
         writer, reader = StoreWriter(prep.store), StoreReader(prep.store)
-        identities = {name: job.endpoint_identity(name) for name in base_urls}
+        identities = {name: job.endpoint_identity(name) for name in transports}
         cache = CallCache(
             prep.store,
             writer,
@@ -166,28 +262,6 @@ class _Run:
             reader=reader,
         )
         await cache.open()
-        endpoints = job.all_endpoints()
-        transports = {
-            name: open_transport(
-                endpoints[name].transport,
-                base_url=base_url,
-                api_key=prep.api_keys[name],
-                timeout_s=endpoints[name].timeout_s,
-                connections=job.run.concurrency,
-                max_response_bytes=endpoints[name].max_response_bytes,
-            )
-            for name, base_url in base_urls.items()
-        }
-        try:
-            if self.options.cache != "offline":  # a model an endpoint lacks stops the run here
-                for name, base_url in base_urls.items():
-                    await check_served(
-                        job, endpoint=name, transport=transports[name], base_url=base_url
-                    )
-        except BaseException:
-            for transport in transports.values():
-                await transport.aclose()
-            raise
         caller = Caller(
             transports,
             job=job,
@@ -198,47 +272,46 @@ class _Run:
             rng=random.Random(),
         )
         executor = Executor(caller, job=job)
-        bar = ProgressBar(self.stats, quiet=self.options.quiet)
-        try:
-            await anyio.to_thread.run_sync(results_sink.open)
-            await anyio.to_thread.run_sync(calls_sink.open)
-            async with _closing(transports), anyio.create_task_group() as outer:
-                if self.options.handle_signals:
-                    outer.start_soon(self._watch_signals, outer.cancel_scope)
-                async with anyio.create_task_group() as inner:
-                    inner.start_soon(writer.run)
-                    inner.start_soon(reader.run)
-                    try:
-                        await self._pipeline(executor, bar, results_sink, calls_sink)
-                    finally:
-                        writer.close()  # the writer commits what is queued, then ends
-                        reader.close()
-                outer.cancel_scope.cancel()  # the signal watcher's work is done
-            if self.hard_stop:
-                raise Interrupted("stopped at once; every finished call is in the store")
-            self.stats.balances_usd = dict(self.control.balances_usd)
-            summary = self.stats.as_dict()
-            finished = {"finished_at": datetime.now(UTC).isoformat(), "summary": summary}
-            await anyio.to_thread.run_sync(results_sink.finish, finished)
-            await anyio.to_thread.run_sync(calls_sink.finish, finished)
-            if self.control.stop_error is None:
-                # A run that stopped early stays open in the store: the same command resumes
-                # it, and the calls it paid for are not "cached" when it does.
-                await anyio.to_thread.run_sync(prep.store.finish_run, prep.run_id)
-        except BaseException:
-            results_sink.abort()
-            calls_sink.abort()
-            raise
-        finally:
-            bar.close()
-        return RunReport(
-            run_id=prep.run_id,
-            results_path=job.output.path,
-            calls_path=job.output.calls_path,
-            summary=summary,
-            summary_line=self.stats.summary_line(),
-            resumed=prep.resumed,
-            stop_error=self.control.stop_error,
+        async with anyio.create_task_group() as outer:
+            if self.options.handle_signals:
+                outer.start_soon(self._watch_signals, outer.cancel_scope)
+            async with anyio.create_task_group() as inner:
+                inner.start_soon(writer.run)
+                inner.start_soon(reader.run)
+                try:
+                    await self._pipeline(executor, bar, results_sink, calls_sink)
+                finally:
+                    writer.close()  # the writer commits what is queued, then ends
+                    reader.close()
+            outer.cancel_scope.cancel()  # the signal watcher's work is done
+        if self.hard_stop:
+            raise Interrupted("stopped at once; every finished call is in the store")
+
+    async def _finish(self, results_sink: ParquetSink, calls_sink: ParquetSink) -> dict[str, Any]:
+        """Move the outputs into place with the summary; close the run in the store."""
+        self.stats.balances_usd = dict(self.control.balances_usd)
+        summary = self.stats.as_dict()
+        finished = {"finished_at": datetime.now(UTC).isoformat(), "summary": summary}
+        await anyio.to_thread.run_sync(results_sink.finish, finished)
+        await anyio.to_thread.run_sync(calls_sink.finish, finished)
+        if self.control.stop_error is None and self.dataset_error is None:
+            # A run that stopped early stays open in the store: the same command resumes
+            # it, and the calls it paid for are not "cached" when it does.
+            await anyio.to_thread.run_sync(self.prep.store.finish_run, self.prep.run_id)
+        return summary
+
+    def _transport(self, name: str, *, base_url: str) -> Transport:
+        """Endpoint `name`'s transport: the options' factory's (tests), else a real one."""
+        endpoint, api_key = self.job.all_endpoints()[name], self.prep.api_keys[name]
+        if (make := self.options.transport_factory) is not None:
+            return make(name, base_url=base_url, api_key=api_key, timeout_s=endpoint.timeout_s)
+        return open_transport(
+            endpoint.transport,
+            base_url=base_url,
+            api_key=api_key,
+            timeout_s=endpoint.timeout_s,
+            connections=self.job.run.concurrency,
+            max_response_bytes=endpoint.max_response_bytes,
         )
 
     async def _watch_signals(self, outer: anyio.CancelScope) -> None:
@@ -273,7 +346,7 @@ class _Run:
         concurrency = job.run.concurrency
         window = 2 + -(-2 * concurrency // job.input.batch_rows)
         in_flight = anyio.Semaphore(window)
-        rows_send, rows_recv = anyio.create_memory_object_stream[tuple[_BatchSlot, int, Plan]](
+        rows_send, rows_recv = anyio.create_memory_object_stream[tuple[_BatchSlot, int, Routed]](
             concurrency
         )
         slots_send, slots_recv = anyio.create_memory_object_stream[_BatchSlot](window)
@@ -282,7 +355,7 @@ class _Run:
         async def produce() -> None:
             async with rows_send, slots_send:
                 batches = prep.dataset.batches()
-                while (read := await anyio.to_thread.run_sync(_read_batch, batches)) is not None:
+                while (read := await self._next_batch(batches)) is not None:
                     batch, rows = read
                     await in_flight.acquire()
                     plans = prep.router.route(batch.frame)
@@ -294,14 +367,16 @@ class _Run:
                     for index, plan in enumerate(plans):
                         await _send(rows_send, (slot, index, plan))
 
-        async def work(receive: MemoryObjectReceiveStream[tuple[_BatchSlot, int, Plan]]) -> None:
+        async def work(receive: MemoryObjectReceiveStream[tuple[_BatchSlot, int, Routed]]) -> None:
             async with receive:
                 while (item := await _receive(receive)) is not None:
                     slot, index, plan = item
                     result = await self._run_row(executor, slot, index, plan)
                     slot.results[index] = result
                     self.pending_calls.extend(result.calls)
-                    stats.add(result, top_tier_cost=top_tier_cost(result, plan, job, top))
+                    stats.add(result, top_tier_cost=top_tier_cost(result, job=job, top=top))
+                    if result.status == FAILED:
+                        self.errors[result.error or "unknown error"] += 1
                     bar.update()
                     slot.remaining -= 1
                     if slot.remaining == 0:
@@ -324,6 +399,17 @@ class _Run:
                 tg.start_soon(work, rows_recv.clone())
             rows_recv.close()
 
+    async def _next_batch(
+        self, batches: Iterator[Batch]
+    ) -> tuple[Batch, list[dict[str, Any]]] | None:
+        """The next batch; at a row that no longer converts, the end of the stream: the rows
+        already queued still run and are written, and `execute` raises the error after."""
+        try:
+            return await anyio.to_thread.run_sync(_read_batch, batches)
+        except DatasetError as exc:
+            self.dataset_error = exc
+            return None
+
     def _write_batch(
         self,
         slot: _BatchSlot,
@@ -333,12 +419,13 @@ class _Run:
     ) -> None:
         """Build and write a finished batch's frames; in a worker thread, off the loop."""
         results = [r for r in slot.results if r is not None]
-        frame = results_frame(results, id_dtype=self.id_dtype).select(list(self.result_cols))
+        frame = results_frame(results, id_dtype=self.id_dtype, parser=self.parser)
+        frame = frame.select(list(self.result_cols))
         results_sink.write(pl.concat([slot.batch.frame, frame], how="horizontal"))
         calls_sink.write(calls_frame(calls, id_dtype=self.id_dtype))
 
     async def _run_row(
-        self, executor: Executor, slot: _BatchSlot, index: int, plan: Plan
+        self, executor: Executor, slot: _BatchSlot, index: int, plan: Routed
     ) -> RowResult:
         """One row, cancellable when an interrupt's grace period ends."""
         row_id = slot.batch.row_ids[index]
@@ -355,15 +442,6 @@ class _Run:
             status=SKIPPED,
             error="interrupted: the call in flight was cancelled",
         )
-
-
-@contextlib.asynccontextmanager
-async def _closing(transports: dict[str, Transport]) -> AsyncIterator[None]:
-    try:
-        yield
-    finally:
-        for transport in transports.values():
-            await transport.aclose()
 
 
 def _read_batch(batches: Iterator[Batch]) -> tuple[Batch, list[dict[str, Any]]] | None:

@@ -5,15 +5,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, overload
 
 import polars as pl
+from pydantic import BaseModel, ValidationError
 
 from batchroute.errors import DatasetError
+from batchroute.parsed import PARSED, parser_for
 from batchroute.results import read_calls
 from batchroute.sink import read_metadata
 
 __all__ = ["Run", "read_run", "read_runs"]
+
+M = TypeVar("M", bound=BaseModel)
 
 
 @dataclass(frozen=True)
@@ -33,12 +37,67 @@ class Run:
     def strategy(self) -> str:
         return str(self.metadata.get("strategy", "?"))
 
+    def parsed_column(self) -> pl.Series | None:
+        """The typed `parsed` column: the one written, else the answers read now with the
+        schema of the job in the metadata (a run from before the column existed); None when
+        the job had no JSON schema."""
+        if PARSED in self.results.columns:
+            return self.results[PARSED]
+        parser = parser_for(self.metadata.get("job") or {})
+        if parser is None or "answer" not in self.results.columns:
+            return None
+        return parser.parse(self.results["answer"].to_list())
+
+    @overload
+    def parsed(self) -> pl.DataFrame: ...
+
+    @overload
+    def parsed(self, model: type[M]) -> list[M | None]: ...
+
+    def parsed(self, model: type[M] | None = None) -> pl.DataFrame | list[M | None]:
+        """`row_id` and one typed column per field of the answer's schema (`parsed` unnested);
+        DatasetError when the job had no JSON schema.
+
+        With a pydantic `model`: each row's answer validated into an instance, in row order;
+        None for a row without an answer or whose answer does not validate."""
+        if model is not None:
+            return [_validated(model, a) for a in self.results["answer"].to_list()]
+        column = self.parsed_column()
+        if column is None:
+            raise DatasetError(f"{self.path}: the job has no JSON schema, so no parsed answer")
+        frame = pl.DataFrame([self.results["row_id"], column])
+        if isinstance(column.dtype, pl.Struct):
+            names = [f.name for f in column.dtype.fields]
+            if "row_id" in names:  # a field of that name: the field is kept under `parsed.`
+                frame = frame.with_columns(
+                    column.struct.rename_fields(
+                        [f"{PARSED}.{n}" if n == "row_id" else n for n in names]
+                    )
+                )
+            frame = frame.unnest(PARSED)
+        return frame
+
+    def _repr_html_(self) -> str:
+        """Its identity, figures and first rows (with the parsed fields), in a notebook."""
+        from batchroute.notebook_html import run_html
+
+        return run_html(self)
+
     def results_with_calls(self) -> pl.DataFrame:
         """The results, each row with its calls as a list of structs in `call_records`."""
         nested = self.calls.group_by("row_id", maintain_order=True).agg(
             pl.struct(pl.exclude("row_id")).alias("call_records")
         )
         return self.results.join(nested, on="row_id", how="left", nulls_equal=True)
+
+
+def _validated(model: type[M], answer: str | None) -> M | None:
+    if answer is None:
+        return None
+    try:
+        return model.model_validate_json(answer)
+    except ValidationError:
+        return None
 
 
 def read_run(path: Path | str) -> Run:

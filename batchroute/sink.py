@@ -10,7 +10,7 @@ from typing import Any
 import polars as pl
 import pyarrow.parquet as pq
 
-from batchroute.errors import OutputError
+from batchroute.errors import OutputError, one_line
 
 METADATA_KEY = "batchroute"
 
@@ -46,7 +46,7 @@ class ParquetSink:
                 compression="zstd",
             )
         except OSError as exc:
-            raise OutputError(f"{self.path}: cannot write the output: {exc.strerror}") from None
+            raise OutputError(f"{self.path}: cannot write the output: {one_line(exc)}") from None
 
     def write(self, frame: pl.DataFrame) -> None:
         assert self._writer is not None, "open() first"
@@ -61,15 +61,21 @@ class ParquetSink:
         assert self._writer is not None, "open() first"
         self._metadata.update(extra_metadata)
         self._writer.add_key_value_metadata({METADATA_KEY: json.dumps(self._metadata, default=str)})
-        self._writer.close()
-        self._writer = None
-        os.replace(self._tmp, self.path)
+        writer, self._writer = self._writer, None
+        try:
+            writer.close()
+            os.replace(self._tmp, self.path)
+        except OSError as exc:
+            self._tmp.unlink(missing_ok=True)
+            raise OutputError(f"{self.path}: cannot write the output: {one_line(exc)}") from None
 
     def abort(self) -> None:
-        """Drop the temporary file; whatever sat at `path` before stays untouched."""
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+        """Drop the temporary file, if `open` made one and `finish` did not move it into
+        place; whatever sat at `path` before stays untouched."""
+        if self._writer is None:
+            return  # never opened (its error is the one to report), or finished
+        self._writer.close()
+        self._writer = None
         self._tmp.unlink(missing_ok=True)
 
 

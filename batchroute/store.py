@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from batchroute.errors import ConfigError
+from batchroute.errors import ConfigError, one_line
 
 _Item = TypeVar("_Item")
 
@@ -86,6 +86,9 @@ class CallStore:
         self.path = path
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot create the store: {one_line(exc)}") from None
+        try:
             # The writer thread and the reader thread differ; SQLite serialises them itself.
             self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -95,7 +98,7 @@ class CallStore:
             self._db.executescript(_SCHEMA)
             self._check_version()
         except sqlite3.DatabaseError as exc:
-            raise ConfigError(f"{path}: not a usable batchroute store: {exc}") from None
+            raise ConfigError(f"{path}: not a usable batchroute store: {one_line(exc)}") from None
         self.empty = self._db.execute("SELECT 1 FROM calls LIMIT 1").fetchone() is None
 
     def _check_version(self) -> None:

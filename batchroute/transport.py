@@ -20,11 +20,14 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, Self
+from urllib.parse import urlencode
 
 import aiohttp
+import anyio
 
-from batchroute import __version__
+from batchroute.errors import one_line
+from batchroute.version import __version__
 
 if TYPE_CHECKING:
     import httpx2
@@ -78,11 +81,32 @@ class Transport(Protocol):
         """POST /chat/completions; raises TransportError when no HTTP answer comes."""
         ...
 
-    async def models(self) -> Reply:
-        """GET /models, the endpoint's model list; raises TransportError like `chat`."""
+    async def models(self, *, after: str | None = None) -> Reply:
+        """GET /models, the endpoint's model list (the page `after` an id, for servers that
+        page it); raises TransportError like `chat`."""
         ...
 
     async def aclose(self) -> None: ...
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(self, *exc_info: object) -> None: ...
+
+
+class _Closing:
+    """`async with transport:` closes its connections on the way out, even when cancelled."""
+
+    async def aclose(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        # Shielded: a cancelled run must still close its sockets, or aiohttp warns of an
+        # "Unclosed connector" after the user's one-line error.
+        with anyio.CancelScope(shield=True):
+            await self.aclose()
 
 
 def open_transport(
@@ -94,7 +118,7 @@ def open_transport(
     connections: int,
     max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
 ) -> Transport:
-    """Create the transport inside the running event loop."""
+    """Create the transport inside the running event loop; use it as `async with`."""
     if name == "openai":
         return SdkTransport(
             base_url=base_url,
@@ -111,7 +135,7 @@ def open_transport(
     )
 
 
-class AiohttpTransport:
+class AiohttpTransport(_Closing):
     """Plain HTTP/1.1 with keep-alive connections, one pool for the run."""
 
     def __init__(
@@ -141,8 +165,9 @@ class AiohttpTransport:
         data = json.dumps(payload, ensure_ascii=False).encode()
         return await self._request("POST", "/chat/completions", data)
 
-    async def models(self) -> Reply:
-        return await self._request("GET", "/models", None)
+    async def models(self, *, after: str | None = None) -> Reply:
+        query = "" if after is None else "?" + urlencode({"after": after})
+        return await self._request("GET", "/models" + query, None)
 
     async def _request(self, method: str, path: str, data: bytes | None) -> Reply:
         try:
@@ -152,8 +177,9 @@ class AiohttpTransport:
                 status = response.status
         except TimeoutError:  # aiohttp's timeouts subclass it
             raise TransportTimeout("request timed out") from None
-        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
-            raise TransportConnection(_describe(exc)) from None
+        except aiohttp.ClientError as exc:  # refused, reset, cut short, or not HTTP at all
+            # str(): aiohttp's connection errors are OSErrors whose strerror leaves out the host
+            raise TransportConnection(one_line(str(exc)) or type(exc).__name__) from None
         return _reply(status, headers, raw.decode("utf-8", "replace"))
 
     async def _read(self, response: aiohttp.ClientResponse) -> bytes:
@@ -175,7 +201,7 @@ class AiohttpTransport:
         await self._session.close()
 
 
-class SdkTransport:
+class SdkTransport(_Closing):
     """The openai SDK's client, used as a transport: its answers and errors become Replies."""
 
     def __init__(
@@ -203,9 +229,10 @@ class SdkTransport:
             return reply_from_sdk_error(exc, max_response_bytes=self._max_bytes)
         return _sdk_reply(raw.http_response, self._max_bytes)
 
-    async def models(self) -> Reply:
+    async def models(self, *, after: str | None = None) -> Reply:
+        query = None if after is None else {"after": after}
         try:
-            raw = await self._client.models.with_raw_response.list()
+            raw = await self._client.models.with_raw_response.list(extra_query=query)
         except self._api_error as exc:
             return reply_from_sdk_error(exc, max_response_bytes=self._max_bytes)
         return _sdk_reply(raw.http_response, self._max_bytes)
@@ -243,8 +270,3 @@ def _reply(status: int, headers: Mapping[str, str], text: str) -> Reply:
     except ValueError:
         body = None
     return Reply(status, headers, body, text)
-
-
-def _describe(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text or type(exc).__name__

@@ -1,18 +1,21 @@
-"""Shared fixtures: a real simulator on 127.0.0.1 for each test module."""
+"""Shared fixtures: a real simulator on 127.0.0.1 for tests of HTTP, one in-process for the rest."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 
 import pytest
 from helpers import SIM_SEED, write_sim_models
+from inprocess import InProcessSim
 
-from batchroute.sim import SimulatorHandle, running_simulator
+from batchroute.sim import SimConfig, SimulatorHandle, load_sim_config, running_simulator
+from batchroute.sim.state import Sim
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimulatorHandle]:
-    """One simulator per test module; `fresh_sim` clears its ledger for each test."""
+    """One simulator for the whole session; `fresh_sim` clears its ledger for each test."""
     models = write_sim_models(tmp_path_factory.mktemp("sim"))
     with running_simulator(models=models, seed=SIM_SEED) as handle:
         yield handle
@@ -22,3 +25,26 @@ def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimulatorHandle]:
 def fresh_sim(sim: SimulatorHandle) -> SimulatorHandle:
     sim.reset()
     return sim
+
+
+@pytest.fixture(scope="session")
+def sim_config(tmp_path_factory: pytest.TempPathFactory) -> SimConfig:
+    """The shared simulator's model table (helpers.SIM_MODELS), read once."""
+    return load_sim_config(write_sim_models(tmp_path_factory.mktemp("inproc")))
+
+
+@pytest.fixture
+def inproc_sim(
+    sim_config: SimConfig, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[InProcessSim]:
+    """A new in-process simulator per test, with `sim`'s models and seed: jobs that name its
+    `base_url` and run through `inproc_sim.run` are answered without a socket."""
+    path = list(sys.path)
+    yield InProcessSim(Sim(sim_config, seed=SIM_SEED))
+    # A job's python checks are imported from its directory, into this process: forget them,
+    # as the end of a CLI process would, so the next test imports its own.
+    sys.path[:] = path
+    scratch = str(tmp_path_factory.getbasetemp())
+    for name, module in list(sys.modules.items()):
+        if (getattr(module, "__file__", None) or "").startswith(scratch):
+            del sys.modules[name]

@@ -1,4 +1,5 @@
 """Every check type passing and failing in a real run: one plan per check, picked by a rule.
+The runs answer on the in-process simulator: checks are the subject here, not HTTP.
 
 The simulator is deterministic, so each row's verdict is recomputed here from its answer (or,
 for logprobs and the judge, from what the simulator is known to say) and compared.
@@ -12,10 +13,12 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from helpers import job_text, make_tasks, run_cli, sim_draw, write_job
+from helpers import job_text, make_tasks, sim_draw, write_job
+from inprocess import InProcessSim
 
 from batchroute import read_calls, read_results
-from batchroute.sim import SimulatorHandle, expected_answer
+from batchroute.errors import BatchrouteError
+from batchroute.sim import expected_answer
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -71,7 +74,7 @@ def _passes(case: str, answer: str, row: dict[str, str]) -> bool:
 
 
 def test_each_check_passes_and_fails_where_it_should(
-    tmp_path: Path, fresh_sim: SimulatorHandle
+    tmp_path: Path, inproc_sim: InProcessSim
 ) -> None:
     cases = list(PLANS)
     frame = make_tasks(12 * len(cases)).with_columns(
@@ -87,9 +90,8 @@ def test_each_check_passes_and_fails_where_it_should(
     )
     plans = "".join(f"\n[plans.{c}]\n{body}\n" for c, body in PLANS.items())
     route = f'strategy = "rules"\ndefault = "t/cheap"\n{rules}'
-    body = job_text(base_url=fresh_sim.base_url, route=route, extra=plans)
-    done = run_cli("run", write_job(tmp_path, body))
-    assert done.returncode == 0, done.stderr
+    body = job_text(base_url=inproc_sim.base_url, route=route, extra=plans)
+    assert inproc_sim.run(write_job(tmp_path, body)).stop_error is None
     results = read_results(tmp_path / "out/results.parquet")
     calls = read_calls(tmp_path / "out/results.parquet")
     assert set(results["status"]) == {"ok"} and results["plan"].to_list() == frame["case"].to_list()
@@ -142,14 +144,16 @@ def test_each_check_passes_and_fails_where_it_should(
     ],
 )
 def test_a_check_that_cannot_work_is_a_config_error(
-    tmp_path: Path, fresh_sim: SimulatorHandle, check: str, message: str
+    tmp_path: Path, inproc_sim: InProcessSim, check: str, message: str
 ) -> None:
     make_tasks(3).write_parquet(tmp_path / "tasks.parquet")
     (tmp_path / "row_checks.py").write_text(textwrap.dedent(ROW_CHECKS), encoding="utf-8")
     route = 'strategy = "rules"\ndefault = "p"\n[[route.rules]]\nwhen = "true"\ntarget = "p"\n'
     extra = f'[plans.p]\ntiers = ["t/cheap"]\ncheck = {check}\n'
-    job = write_job(tmp_path, job_text(base_url=fresh_sim.base_url, route=route, extra=extra))
-    done = run_cli("run", job)
-    assert done.returncode == 2, done.stderr
-    assert done.stderr.startswith(f"batchroute: error: {job}: {message}"), done.stderr
-    assert len(done.stderr.strip().splitlines()) == 1
+    job = write_job(tmp_path, job_text(base_url=inproc_sim.base_url, route=route, extra=extra))
+    with pytest.raises(BatchrouteError) as error:
+        inproc_sim.run(job)
+    # What the CLI prints as `batchroute: error: <this>` before it exits with this code.
+    assert error.value.exit_code == 2
+    assert str(error.value).startswith(f"{job}: {message}"), error.value
+    assert len(str(error.value).strip().splitlines()) == 1

@@ -108,11 +108,6 @@ def test_a_csv_that_is_not_utf8_names_its_line(tmp_path: Path, fresh_sim: Simula
     assert _requests(fresh_sim) == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="runner.py aborts both output sinks when the dataset raises mid-stream; the"
-    " producer must stop, let the queued batches finish and be written, then re-raise",
-)
 def test_a_value_that_turns_bad_mid_stream_keeps_the_rows_already_paid_for(
     tmp_path: Path, fresh_sim: SimulatorHandle, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -327,6 +327,30 @@ def test_the_job_key_does_not_depend_on_the_working_directory(
     assert load_job(path).key() == from_its_directory
 
 
+def test_the_job_key_follows_what_decides_results_not_how_fast_a_run_goes(
+    tmp_path: Path,
+) -> None:
+    base = job_text(base_url="http://127.0.0.1:8000/v1", route=FIXED)
+
+    def key(body: str) -> str:
+        return load_job(write_job(tmp_path, body)).key()
+
+    same = key(base)
+    for pace in (
+        base.replace("concurrency = 16", "concurrency = 2\ngrace_s = 1\nbudget_usd = 3"),
+        base.replace("timeout_s = 5", "timeout_s = 50").replace("aiohttp", "openai"),
+        base + '\n[store]\npath = "elsewhere.sqlite"\n',
+    ):
+        assert key(pace) == same
+    for result in (
+        base.replace("Label: {text}", "Tag: {text}"),
+        base.replace("t/cheap", "t/strong"),
+        base.replace("out/results.parquet", "out/other.parquet"),
+        base.replace("127.0.0.1:8000", "127.0.0.1:8001"),
+    ):
+        assert key(result) != same
+
+
 def test_rerunning_the_same_job_from_another_directory_replaces_its_own_output(
     tmp_path: Path, fresh_sim: SimulatorHandle
 ) -> None:

@@ -1,13 +1,11 @@
 """Replay mode: recorded outputs served over real HTTP, and the data README's sanity table
-reproduced by `batchroute compare` over the GSM8K and MT-Bench jobs in jobs/."""
+reproduced by `batchroute compare` over the GSM8K and MT-Bench jobs in jobs/ (run in-process)."""
 
 from __future__ import annotations
 
 import csv
 import json
 import shutil
-import subprocess
-import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -16,6 +14,7 @@ from typing import Any
 import polars as pl
 import pytest
 from helpers import run_cli
+from inprocess import embedded_sim
 
 import batchroute
 from batchroute.errors import ConfigError
@@ -145,10 +144,11 @@ JOBS = [
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The repository's six replay jobs, run through the CLI from a scratch copy so outputs
-    land there (data/ is linked, not copied). Each job gets its own call store so the six
-    run at once; the cascades then pay their calls anew instead of reusing them, which
-    changes none of the figures."""
+    """The repository's six replay jobs, run from a scratch copy so outputs land there (data/
+    is linked, not copied), each against the simulator its [simulator] table would start,
+    built in-process: what is tested here is replay and compare, not HTTP (test_replay_over_http
+    is). Each job keeps its own call store, so the cascades pay their calls anew instead of
+    reusing the single-model runs' ones, which changes none of the figures."""
     root = tmp_path_factory.mktemp("replay")
     (root / "jobs").mkdir()
     shutil.copy(REPO / "jobs" / "gsm8k_checks.py", root / "jobs")
@@ -157,20 +157,10 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         store = f'\n[store]\npath = "../stores/{name}.sqlite"\n'
         (root / "jobs" / f"{name}.toml").write_text(text + store)
     (root / "data").symlink_to(REPO / "data")
-    command = [sys.executable, "-m", "batchroute", "run", "-q"]
-    runs = [
-        subprocess.Popen(
-            [*command, f"jobs/{name}.toml"],
-            cwd=root,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for name in JOBS
-    ]
-    for name, process in zip(JOBS, runs, strict=True):
-        _, stderr = process.communicate(timeout=120)
-        assert process.returncode == 0, f"{name}: {stderr}"
+    for name in JOBS:
+        job = load_job(root / "jobs" / f"{name}.toml")
+        report = embedded_sim(job).run(job)
+        assert report.summary["failed"] == 0, f"{name}: {report.summary_line}"
     return root
 
 

@@ -3,7 +3,8 @@
 The test simulator's cheap model has skill 0.3: on tasks of uniform difficulty it answers
 about 30% right. With a check that passes exactly the right answers, the shadow estimate per
 rule must bracket both that skill and the true share among the rows (which the deterministic
-simulator lets us compute for every row, sampled or not).
+simulator lets us compute for every row, sampled or not). The run answers on the in-process
+simulator: the estimate is the subject here, not HTTP.
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from helpers import SKILLS, job_text, make_tasks, run_cli, sim_draw, write_job
+from helpers import SKILLS, job_text, make_tasks, sim_draw, write_job
+from inprocess import InProcessSim
 
 from batchroute import read_calls, read_metadata, read_results
-from batchroute.shadow import is_sampled, wilson
-from batchroute.sim import SimulatorHandle, expected_answer
+from batchroute.shadow import is_sampled, shadow_lines, wilson
+from batchroute.sim import expected_answer
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -67,16 +69,16 @@ def test_sampling_is_deterministic_for_a_seed() -> None:
 
 
 def test_shadow_estimates_bracket_the_cheap_models_known_skill(
-    tmp_path: Path, fresh_sim: SimulatorHandle
+    tmp_path: Path, inproc_sim: InProcessSim
 ) -> None:
     frame = make_tasks(450)
     prompts = [f"Label: {t}" for t in frame["text"]]
     frame = frame.with_columns(expected=pl.Series([expected_answer(p) for p in prompts]))
     frame.write_parquet(tmp_path / "tasks.parquet")
     (tmp_path / "oracle.py").write_text(textwrap.dedent(ORACLE), encoding="utf-8")
-    job = write_job(tmp_path, job_text(base_url=fresh_sim.base_url, route=ROUTE, extra=EXTRA))
-    done = run_cli("run", job)
-    assert done.returncode == 0, done.stderr
+    job = write_job(tmp_path, job_text(base_url=inproc_sim.base_url, route=ROUTE, extra=EXTRA))
+    report = inproc_sim.run(job)
+    assert report.stop_error is None
     results = read_results(tmp_path / "out/results.parquet")
     calls = read_calls(tmp_path / "out/results.parquet")
     routes = read_metadata(tmp_path / "out/results.parquet")["summary"]["routes"]
@@ -119,5 +121,7 @@ def test_shadow_estimates_bracket_the_cheap_models_known_skill(
         == past.filter((pl.col("rule") != "ladder") & pl.col("shadow_passed").is_not_null()).height
     )
     total = results["cost_usd"].sum() + results["shadow_cost_usd"].fill_null(0).sum()
-    assert total == pytest.approx(fresh_sim.ledger()["total_charged_usd"], abs=1e-9)
-    assert "shadow classify: the cheapest tier would have handled ~" in done.stdout
+    assert total == pytest.approx(inproc_sim.ledger()["total_charged_usd"], abs=1e-9)
+    # The lines the CLI prints after the summary.
+    printed = "\n".join(shadow_lines(report.summary.get("routes", {})))
+    assert "shadow classify: the cheapest tier would have handled ~" in printed

@@ -309,7 +309,7 @@ def test_bad_models_file_exits_2_with_one_line(tmp_path: Path) -> None:
 
 def test_retry_after_ms_counts_down_to_a_free_slot() -> None:
     # The window arithmetic without a server: a slot frees 60 s after the oldest request.
-    from batchroute.sim.server import RateWindow
+    from batchroute.sim.window import RateWindow
 
     window = RateWindow(rpm=2, tpm=100)
     window.admit(10, now=0.0)

@@ -1,4 +1,5 @@
-"""Routing strategies end to end: rules, classifier and composed plans, through the real CLI."""
+"""Routing strategies end to end: rules, classifier and composed plans, on the in-process
+simulator (routing is the subject here, not HTTP)."""
 
 from __future__ import annotations
 
@@ -6,10 +7,11 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from helpers import job_text, make_tasks, run_cli, sim_draw, write_job
+from helpers import job_text, make_tasks, sim_draw, write_job
+from inprocess import InProcessSim
 
 from batchroute import read_calls, read_metadata, read_results
-from batchroute.sim import SimulatorHandle
+from batchroute.errors import BatchrouteError
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -61,12 +63,11 @@ def _expected_rule(row: dict[str, object]) -> str:
 
 
 def test_rules_send_each_row_to_its_first_matching_rule_and_compose_with_plans(
-    tmp_path: Path, fresh_sim: SimulatorHandle
+    tmp_path: Path, inproc_sim: InProcessSim
 ) -> None:
     frame = _tasks_with_priority(tmp_path, 60)
-    job = write_job(tmp_path, job_text(base_url=fresh_sim.base_url, route=RULES, extra=LADDER))
-    done = run_cli("run", job)
-    assert done.returncode == 0, done.stderr
+    job = write_job(tmp_path, job_text(base_url=inproc_sim.base_url, route=RULES, extra=LADDER))
+    assert inproc_sim.run(job).stop_error is None
     results = read_results(tmp_path / "out/results.parquet")
 
     expected = [_expected_rule(row) for row in frame.iter_rows(named=True)]
@@ -108,20 +109,22 @@ def test_rules_send_each_row_to_its_first_matching_rule_and_compose_with_plans(
     ],
 )
 def test_a_bad_rule_stops_the_run_before_any_call(
-    tmp_path: Path, fresh_sim: SimulatorHandle, when: str, message: str
+    tmp_path: Path, inproc_sim: InProcessSim, when: str, message: str
 ) -> None:
     _tasks_with_priority(tmp_path, 5)
     route = RULES.replace("length(text) < 56", "true").replace(
         "when = \"task_type = 'summarize' AND true\"", f'when = "{when}"'
     )
-    job = write_job(tmp_path, job_text(base_url=fresh_sim.base_url, route=route, extra=LADDER))
-    done = run_cli("run", job)
-    assert done.returncode == 2
-    lines = done.stderr.strip().splitlines()
+    job = write_job(tmp_path, job_text(base_url=inproc_sim.base_url, route=route, extra=LADDER))
+    with pytest.raises(BatchrouteError) as error:
+        inproc_sim.run(job)
+    # What the CLI prints as `batchroute: error: <this>` before it exits with this code.
+    assert error.value.exit_code == 2
+    lines = str(error.value).splitlines()
     assert len(lines) == 1
-    assert lines[0].startswith(f"batchroute: error: {job}: route.rules: rule 2 ('rule 2'): ")
+    assert lines[0].startswith(f"{job}: route.rules: rule 2 ('rule 2'): ")
     assert message in lines[0]
-    assert all(m["requests"] == 0 for m in fresh_sim.ledger()["models"].values())
+    assert all(m["requests"] == 0 for m in inproc_sim.ledger()["models"].values())
     assert not (tmp_path / "out").exists()
 
 
@@ -142,13 +145,13 @@ params = { max_tokens = 20 }
 
 
 def test_classifier_labels_pick_plans_and_its_calls_are_charged_to_the_row(
-    tmp_path: Path, fresh_sim: SimulatorHandle
+    tmp_path: Path, inproc_sim: InProcessSim
 ) -> None:
     frame = make_tasks(40)
     frame.write_parquet(tmp_path / "tasks.parquet")
-    body = job_text(base_url=fresh_sim.base_url, route=CLASSIFIER, extra=PREMIUM)
-    done = run_cli("run", write_job(tmp_path, body))
-    assert done.returncode == 0, done.stderr
+    body = job_text(base_url=inproc_sim.base_url, route=CLASSIFIER, extra=PREMIUM)
+    report = inproc_sim.run(write_job(tmp_path, body))
+    assert report.stop_error is None
     results = read_results(tmp_path / "out/results.parquet")
     calls = read_calls(tmp_path / "out/results.parquet")
 
@@ -171,13 +174,14 @@ def test_classifier_labels_pick_plans_and_its_calls_are_charged_to_the_row(
     joined = results.join(all_calls, on="row_id")
     assert (joined["cost_usd"] - joined["all_usd"]).abs().max() < 1e-12
     assert (results["calls"] == 2).all()
-    ledger = fresh_sim.ledger()
+    ledger = inproc_sim.ledger()
     assert results["cost_usd"].sum() == pytest.approx(ledger["total_charged_usd"], abs=1e-9)
 
     summary = read_metadata(tmp_path / "out/results.parquet")["summary"]
     assert summary["unknown_labels"] == unknown
     assert summary["routes"]["default"]["rows"] == unknown
-    assert f"{unknown} unknown labels sent to the default" in done.stdout
+    # The line the CLI prints at the end of a run.
+    assert f"{unknown} unknown labels sent to the default" in report.summary_line
 
 
 @pytest.mark.parametrize(
@@ -189,11 +193,12 @@ def test_classifier_labels_pick_plans_and_its_calls_are_charged_to_the_row(
     ],
 )
 def test_a_classifier_label_that_cannot_be_told_apart_is_a_config_error(
-    tmp_path: Path, fresh_sim: SimulatorHandle, label: str, problem: str
+    tmp_path: Path, inproc_sim: InProcessSim, label: str, problem: str
 ) -> None:
     make_tasks(3).write_parquet(tmp_path / "tasks.parquet")
     route = CLASSIFIER.replace('refund = "premium"', f'{label} = "premium"')
-    job = write_job(tmp_path, job_text(base_url=fresh_sim.base_url, route=route, extra=PREMIUM))
-    done = run_cli("run", job)
-    assert done.returncode == 2
-    assert f"batchroute: error: {job}: route.classifier.labels: {problem}" in done.stderr
+    job = write_job(tmp_path, job_text(base_url=inproc_sim.base_url, route=route, extra=PREMIUM))
+    with pytest.raises(BatchrouteError) as error:
+        inproc_sim.run(job)
+    assert error.value.exit_code == 2
+    assert f"{job}: route.classifier.labels: {problem}" in str(error.value)

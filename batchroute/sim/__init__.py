@@ -108,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"batchroute sim: error: {exc}", file=sys.stderr)
             return 2
     # aiohttp is only needed to serve; importing it here keeps `running_simulator` light.
-    from batchroute.sim.server import Sim, serve
+    from batchroute.sim.server import serve
+    from batchroute.sim.state import Sim
 
     sim = Sim(
         config,
