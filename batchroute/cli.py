@@ -103,7 +103,59 @@ def _parser() -> argparse.ArgumentParser:
     )
     models.add_argument("job", type=Path, help="the job file (TOML)")
     _compare_parsers(commands)
+    _tune_parser(commands)
     return parser
+
+
+def _tune_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    tune = commands.add_parser(
+        "tune",
+        help="find the cheapest route that keeps the quality you ask for, from a labelled sample",
+        description="Answer a sample of rows with every candidate model (stored, so the full"
+        " run reuses the calls), evaluate every candidate policy offline, and write the"
+        " cheapest whose kept share of the top model's right answers has a lower confidence"
+        " bound at or above --target-kept.",
+    )
+    tune.add_argument("job", type=Path, help="the job file (TOML)")
+    truth = tune.add_mutually_exclusive_group(required=True)
+    truth.add_argument("--truth", metavar="COLUMN", help="input column holding the right answer")
+    truth.add_argument(
+        "--truth-scorer", metavar="FUNCTION", help="module:function, f(row, answer) -> bool"
+    )
+    tune.add_argument("--answer-path", metavar="PATH", help="compare this JSON field of answers")
+    tune.add_argument("--sample", type=int, required=True, metavar="N", help="rows to sample")
+    tune.add_argument(
+        "--target-kept",
+        type=float,
+        required=True,
+        metavar="SHARE",
+        help="the share of the top model's accuracy to keep, e.g. 0.95",
+    )
+    tune.add_argument(
+        "--confidence",
+        type=float,
+        default=0.95,
+        metavar="P",
+        help="of the lower bound, over every policy searched (default 0.95)",
+    )
+    tune.add_argument(
+        "--kept",
+        choices=("ratio", "share"),
+        default="ratio",
+        help="ratio: accuracy over the top model's (betting bound, default); share: of the top"
+        " model's right answers, the share kept (exact binomial, stricter)",
+    )
+    tune.add_argument("--models", metavar="A,B,C", help="candidate models (default: the job's)")
+    tune.add_argument("--seed", type=int, default=0, help="of the sample (default 0)")
+    tune.add_argument("--stratify", metavar="COLUMN", help="sample in proportion to its values")
+    tune.add_argument("--rules-on", metavar="COL,COL", help="learn routing rules over columns")
+    tune.add_argument(
+        "--no-learned", action="store_true", help="do not train a learned router as a candidate"
+    )
+    tune.add_argument("--budget-usd", type=float, metavar="X", help="cap on tuning's new spend")
+    tune.add_argument("-o", "--output", type=Path, required=True, metavar="TUNED.toml")
+    tune.add_argument("--force", action="store_true", help="replace an existing -o file")
+    tune.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
 
 
 def _positive_int(text: str) -> int:
@@ -230,6 +282,8 @@ def main(argv: list[str] | None = None) -> int:
             return _compare(args) if args.command == "compare" else _report(args)
         if args.command == "estimate":
             return _estimate(args)
+        if args.command == "tune":
+            return _tune(args)
         return _models(args) if args.command == "models" else _run(args)
     except BatchrouteError as exc:
         print(f"batchroute: error: {exc}", file=sys.stderr)
@@ -309,6 +363,34 @@ def _run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_NO_ROW_OK
+    return 0
+
+
+def _tune(args: argparse.Namespace) -> int:
+    from batchroute.job import load_job
+    from batchroute.truth import truth_from_options
+    from batchroute.tune import TuneOptions, tune
+
+    job = load_job(args.job)
+    truth = truth_from_options(args.truth, scorer=args.truth_scorer, answer_path=args.answer_path)
+    assert truth is not None  # argparse requires one of the two
+    names = tuple(m.strip() for m in (args.models or "").split(",") if m.strip())
+    options = TuneOptions(
+        truth=truth,
+        sample=args.sample,
+        target_kept=args.target_kept,
+        output=args.output,
+        confidence=args.confidence,
+        models=names,
+        seed=args.seed,
+        stratify=args.stratify,
+        budget_usd=args.budget_usd,
+        rules_on=tuple(c.strip() for c in (args.rules_on or "").split(",") if c.strip()),
+        force=args.force,
+        kept=args.kept,
+        learned=not args.no_learned,
+    )
+    tune(job, options)
     return 0
 
 

@@ -235,7 +235,7 @@ class PlanConfig(_Section):
 
 
 class RouteConfig(_Section):
-    strategy: Literal["fixed", "cascade", "rules", "classifier"]
+    strategy: Literal["fixed", "cascade", "rules", "classifier", "learned"]
     model: str | None = None
     tiers: tuple[str, ...] = ()
     rules: tuple[RuleConfig, ...] = ()
@@ -244,6 +244,7 @@ class RouteConfig(_Section):
     shadow_rate: Annotated[float, Field(ge=0, le=1)] = 0.0
     shadow_model: str | None = None  # default: the cheapest tier by usd_per_mtok
     seed: int = 0  # of shadow sampling
+    router: Path | None = None  # learned: the router file `batchroute tune` wrote
 
     @model_validator(mode="after")
     def _shape_fits_strategy(self) -> RouteConfig:
@@ -251,6 +252,10 @@ class RouteConfig(_Section):
             raise ValueError("strategy 'fixed' takes 'model' (and no 'tiers')")
         if self.strategy == "cascade" and (len(self.tiers) < 2 or self.model is not None):
             raise ValueError("strategy 'cascade' takes 'tiers', two or more models")
+        if (self.strategy == "learned") != (self.router is not None):
+            raise ValueError("'router' goes with strategy 'learned', which needs it")
+        if self.strategy == "learned" and (len(self.tiers) != 2 or self.model is not None):
+            raise ValueError("strategy 'learned' takes 'tiers': the cheaper model, then the top")
         return self
 
     @model_validator(mode="after")
@@ -420,6 +425,7 @@ _PATH_SETTINGS = (
     ("output", "calls"),
     ("simulator", "models"),
     ("simulator", "replay"),
+    ("route", "router"),
 )
 
 # Left out of `Job.key`. Keyed are the input, the prompt, the route, plans, checks, params,
@@ -538,6 +544,7 @@ def _anchor_paths(job: Job, *, base: Path, source: Path) -> Job:
     store_path = anchored(job.store.path) or base / ".batchroute" / "store.sqlite"
     return job.model_copy(
         update={
+            "route": job.route.model_copy(update={"router": anchored(job.route.router)}),
             "input": job.input.model_copy(update=updates_in),
             "output": job.output.model_copy(update=updates_out),
             "simulator": sim.model_copy(

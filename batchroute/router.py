@@ -4,6 +4,7 @@
     cascade     one multi-tier plan for every row
     rules       the first SQL predicate true for the row names its target; else `default`
     classifier  a cheap model's label for the row names its target; else `default`
+    learned     a router file's model predicts whether the cheaper tier will do (learned.py)
 
 A target is a `[plans.NAME]` table or a model, so a rule or a label can pick a cascade.
 """
@@ -22,12 +23,14 @@ from batchroute.classifier import DEFAULT, Classifier, PendingPlan
 from batchroute.dataset import Dataset
 from batchroute.errors import ConfigError, DatasetError
 from batchroute.job import Job
+from batchroute.learned import RouterModel
 from batchroute.plans import Plan, PlanBook
 from batchroute.rules import Predicate, PredicateError, first_match
 from batchroute.shadow import ShadowPolicy
 
 __all__ = [
     "ClassifierRouter",
+    "LearnedRouter",
     "PendingPlan",
     "Plan",
     "Routed",
@@ -150,6 +153,49 @@ class ClassifierRouter:
         _require_check_columns(self.plans(), dataset=dataset, source=self._source)
 
 
+class LearnedRouter:
+    """A router file's model picks, per row and before any call, the cheaper tier or the top."""
+
+    strategy = "learned"
+
+    def __init__(
+        self, model: RouterModel, *, cheap: Plan, top: Plan, source: Path | None = None
+    ) -> None:
+        self._model = model
+        self._cheap = replace(cheap, rule="learned: cheaper")
+        self._top = replace(top, rule="learned: top")
+        self._source = source
+
+    def plans(self) -> list[Plan]:
+        return [self._cheap, self._top]
+
+    def route(self, frame: pl.DataFrame) -> list[Plan]:
+        return [
+            self._cheap if self._model.picks_cheap(row) else self._top
+            for row in frame.select(self._model.columns).iter_rows(named=True)
+        ]
+
+    def validate(self, dataset: Dataset) -> None:
+        what = f"{self._source}: route.router (the columns its model reads)"
+        dataset.require_columns(list(self._model.columns), what=what)
+        _require_check_columns(self.plans(), dataset=dataset, source=self._source)
+
+
+def _learned(job: Job, book: PlanBook) -> LearnedRouter:
+    route, source = job.route, job.source
+    assert route.router is not None
+    try:
+        model = RouterModel.read(route.router)
+    except ValueError as exc:
+        raise ConfigError(f"{source}: route.router: {exc}") from None
+    if (model.cheap, model.top) != tuple(route.tiers):
+        raise ConfigError(
+            f"{source}: route.tiers: the router was trained for [{model.cheap!r}, {model.top!r}]"
+        )
+    cheap, top = (book.target(model) for model in route.tiers)
+    return LearnedRouter(model, cheap=cheap, top=top, source=source)
+
+
 def build_router(job: Job) -> Router:
     """The router a job asks for; a bad check, rule or label is a ConfigError naming the file."""
     book = PlanBook(job)
@@ -178,6 +224,8 @@ def build_router(job: Job) -> Router:
                 ) from None
             rules.append((name, predicate, book.target(rule.target)))
         router = RulesRouter(rules, default=book.target(route.default), source=source)
+    elif route.strategy == "learned":
+        router = _learned(job, book)
     else:
         assert route.classifier is not None and route.default is not None
         labels: dict[str, Plan] = {}

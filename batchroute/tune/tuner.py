@@ -1,0 +1,210 @@
+"""`batchroute tune`: sample, answer with every candidate, evaluate offline, choose, write."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+
+from batchroute.errors import BudgetReached, ConfigError, DatasetError
+from batchroute.job import Job
+from batchroute.learned import RouterModel
+from batchroute.truth import Truth
+from batchroute.tune.choose import Choice, choose
+from batchroute.tune.format import format_choice, format_forecast, format_front
+from batchroute.tune.kept import KeptStatistic
+from batchroute.tune.policies import Policy, by_cost, cascade_families, single_families
+from batchroute.tune.router_model import router_families
+from batchroute.tune.rules_learn import check_rule_columns, rule_families, split_sample
+from batchroute.tune.sample import (
+    Answers,
+    answer_sample,
+    candidate_models,
+    draw_sample,
+    sample_estimate,
+    sample_jobs,
+    temp_dir,
+)
+from batchroute.tune.signals import check_verdicts, judge_skipped, signals_of
+from batchroute.tune.writer import (
+    check_tables,
+    check_target,
+    policy_tables,
+    replace_tables,
+    write_tuned,
+)
+
+__all__ = ["TuneOptions", "TuneResult", "tune"]
+
+
+@dataclass(frozen=True, slots=True)
+class TuneOptions:
+    truth: Truth
+    sample: int
+    target_kept: float
+    output: Path
+    confidence: float = 0.95
+    models: tuple[str, ...] = ()
+    seed: int = 0
+    stratify: str | None = None
+    budget_usd: float | None = None
+    rules_on: tuple[str, ...] = ()  # low-cardinality columns to learn routing rules over
+    kept: KeptStatistic = "ratio"
+    learned: bool = True  # train and test a learned router too
+    force: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class TuneResult:
+    choice: Choice
+    tuned_path: Path | None  # None when no policy holds the target
+    total_rows: int
+
+
+def _check_options(job: Job, options: TuneOptions) -> None:
+    if not 0 < options.target_kept <= 1:
+        raise ConfigError(f"--target-kept {options.target_kept}: a share in (0, 1]")
+    if not 0 < options.confidence < 1:
+        raise ConfigError(f"--confidence {options.confidence}: a probability in (0, 1)")
+    if options.budget_usd is not None and options.budget_usd <= 0:
+        raise ConfigError(f"--budget-usd {options.budget_usd}: a positive amount")
+    if job.source is None:
+        raise ConfigError("tune needs a job read from a file (load_job)")
+    check_target(job.source, target=options.output, force=options.force)
+    if options.learned:
+        check_target(job.source, target=_router_path(options), force=options.force)
+
+
+def _router_path(options: TuneOptions) -> Path:
+    """Where a learned router is written: beside the tuned job, named after it."""
+    return options.output.with_name(options.output.stem + ".router.json")
+
+
+def tune(job: Job, options: TuneOptions, *, say: Callable[[str], None] = print) -> TuneResult:
+    """Tune `job` on a labelled sample and write the tuned job; `say` prints progress."""
+    _check_options(job, options)
+    models = candidate_models(job, chosen=options.models)
+    sample = draw_sample(job, size=options.sample, seed=options.seed, stratify=options.stratify)
+    check_rule_columns(sample.frame, options.rules_on, source=job.input.path)
+    truth_column = options.truth.column
+    if truth_column is not None and truth_column not in sample.frame.columns:
+        raise DatasetError(f"{job.input.path}: --truth {truth_column}: no such column")
+    ids = (
+        sample.frame[job.input.id].to_list()
+        if job.input.id is not None
+        else list(range(sample.frame.height))
+    )
+    table: dict[str, Answers] = {}
+    verdicts: dict[str, list[bool]] = {}
+    with temp_dir() as tmp:
+        data = Path(tmp) / "sample.parquet"
+        sample.frame.write_parquet(data)
+        jobs = sample_jobs(job, models, data=data, out=Path(tmp))
+        priced = sample_estimate(jobs)
+        known = [t.usd for t in priced if t.usd is not None]
+        cost = f"at most ${sum(known):.4f}" if len(known) == len(priced) else "unknown (no price)"
+        say(
+            f"tune: {sample.frame.height} of {sample.total_rows} rows x {len(models)} models"
+            f" ({', '.join(models)}): {cost} by the price tables (stored calls are not paid"
+            " again)"
+        )
+        spent = 0.0
+        for model in models:
+            left = None if options.budget_usd is None else options.budget_usd - spent
+            if left is not None and left <= 0:
+                raise BudgetReached(
+                    f"--budget-usd {options.budget_usd}: spent before {model} answered the sample"
+                    " (the finished calls are stored; run tune again to go on)"
+                )
+            answers, results, new_spend = answer_sample(
+                jobs[model], ids=ids, truth=options.truth, budget_usd=left
+            )
+            spent += new_spend
+            table[model] = answers
+            checked = check_verdicts(job, answers, rows=results)
+            if checked is not None:
+                verdicts[model] = checked
+    say(f"tune: the sample's answers cost ${spent:.4f} in new calls")
+    if judge_skipped(job):
+        say("tune: the judge check is left out offline (it would need a call per answer)")
+    choice = _choose(job, table, verdicts=verdicts or None, options=options, sample=sample.frame)
+    for line in (format_front(choice), format_choice(choice)):
+        say(line)
+    top = next((s for s in choice.scored if s.policy.key == choice.top), None)
+    if choice.chosen is None:
+        return TuneResult(choice, None, sample.total_rows)
+    say(format_forecast(choice, total_rows=sample.total_rows, top=top))
+    assert job.source is not None
+    original = job.source.read_text(encoding="utf-8")
+    comment = (
+        f"Tuned by `batchroute tune` on {sample.frame.height} rows (seed {options.seed}):\n"
+        + format_choice(choice)
+    )
+    policy = choice.chosen.policy
+    router_file = None
+    if policy.kind == "learned":
+        router = _router_path(options)
+        trained = policy.detail["model"]
+        assert isinstance(trained, RouterModel)
+        router.write_text(trained.to_json() + "\n", encoding="utf-8")
+        router_file = router.name
+        say(f"router: {router}")
+    tables = policy_tables(
+        policy, original_check=check_tables(original), comment=comment, router_file=router_file
+    )
+    write_tuned(
+        job.source,
+        replace_tables(original, new_tables=tables),
+        target=options.output,
+        force=options.force,
+    )
+    say(f"tuned job: {options.output}")
+    return TuneResult(choice, options.output, sample.total_rows)
+
+
+def _choose(
+    job: Job,
+    table: dict[str, Answers],
+    *,
+    verdicts: dict[str, list[bool]] | None,
+    options: TuneOptions,
+    sample: pl.DataFrame,
+) -> Choice:
+    families: list[Sequence[Policy]] = []
+    singles = single_families(table)
+    families += singles
+    families += cascade_families(
+        table, verdicts=verdicts, signals=signals_of(job, list(table.values()))
+    )
+    top = max((f[0] for f in singles), key=lambda p: (p.accuracy, -by_cost(table).index(p.key)))
+    split = split_sample(sample.height, seed=options.seed)
+    if options.learned:
+        families += router_families(
+            sample.to_dicts(),
+            table,
+            job=job,
+            categorical=options.rules_on,
+            top=top.key,
+            split=split,
+            seed=options.seed,
+        )
+    if options.rules_on:
+        families += rule_families(
+            sample,
+            table,
+            columns=options.rules_on,
+            top=top.key,
+            split=split,
+            source=job.input.path,
+            net=options.kept == "ratio",
+        )
+    return choose(
+        families,
+        top=top,
+        target=options.target_kept,
+        confidence=options.confidence,
+        statistic=options.kept,
+        seed=options.seed,
+    )
