@@ -175,3 +175,14 @@ def test_a_deadline_before_the_window_runs_the_tier_online(
                name="late.toml")  # fmt: skip
     _run(job)
     assert _batches(bsim) == 1
+
+
+def test_a_batch_over_the_file_limits_is_split(tmp_path: Path, bsim: SimulatorHandle) -> None:
+    write_tasks(tmp_path, 60)
+    online = read_results(_run(_job(tmp_path, bsim, route=FIXED, name="online.toml")).results_path)
+    bsim.reset()
+    cheap = 'mode = "batch"\nbatch_max_requests = 25'
+    report = _run(_job(tmp_path, bsim, route=FIXED, cheap=cheap, name="split.toml"))
+    assert _batches(bsim) == 3  # 25 + 25 + 10 requests
+    assert "(3 batches)" in report.summary_line
+    assert read_results(report.results_path).select(COMPARED).equals(online.select(COMPARED))

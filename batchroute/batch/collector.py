@@ -15,7 +15,7 @@ import functools
 import itertools
 import logging
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -242,10 +242,13 @@ class BatchCollector:
                     continue
                 dest = Path(scratch) / name
                 await self._client.download(out_id, dest, max_bytes=4 * self._max_bytes)
-                for custom_id, reply in await anyio.to_thread.run_sync(_read_all, dest):
-                    slot = slots.get(custom_id)
-                    if slot is not None:
-                        slot.resolve(reply)
+                # Read in chunks from a worker thread: never the whole file in memory at once.
+                replies = jsonl.read_replies(dest)
+                while chunk := await anyio.to_thread.run_sync(_take, replies):
+                    for custom_id, reply in chunk:
+                        slot = slots.get(custom_id)
+                        if slot is not None:
+                            slot.resolve(reply)
         # Expired lines are retried (a timeout's 408); a failed batch's file would fail again and
         # a cancelled one was stopped on purpose, so those rows fail (4xx); else try again.
         status = {"expired": jsonl.EXPIRED, "failed": 400, "cancelled": 499}.get(state.status, 503)
@@ -258,9 +261,8 @@ class BatchCollector:
             slot.resolve(missing)
 
 
-def _read_all(path: Path) -> list[tuple[str, Reply]]:
-    # One list per file, in a worker thread: the replies are handed to their rows at once.
-    return list(jsonl.read_replies(path))
+def _take(replies: Iterator[tuple[str, Reply]], size: int = 1000) -> list[tuple[str, Reply]]:
+    return list(itertools.islice(replies, size))
 
 
 def _fail_all(slots: dict[str, _Slot], exc: BatchApiError | TransportError) -> None:
