@@ -5,12 +5,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -123,6 +125,12 @@ class SimulatorConfig(_Section):
     replay: Path | None = None
 
 
+def _duration(text: str) -> str:
+    if re.fullmatch(r"[1-9][0-9]*[smhd]", text) is None:
+        raise ValueError(f'{text!r} is not a duration such as "90m", "6h" or "2d"')
+    return text
+
+
 class Prices(_Section):
     """A model's price table, in USD per million tokens."""
 
@@ -146,7 +154,7 @@ class ModelConfig(_Section):
     # is reported; lines that expire or fail are retried in a new batch, or online.
     mode: Literal["online", "batch"] = "online"
     batch_price_factor: Annotated[float, Field(ge=0, le=1)] = 0.5
-    completion_window: Annotated[str, Field(pattern=r"^[0-9]+[smhd]$")] = "24h"
+    completion_window: Annotated[str, AfterValidator(_duration)] = "24h"
     batch_fallback: Literal["batch", "online"] = "batch"
     # The provider's limits per input file (OpenAI's); a larger batch is split.
     batch_max_requests: Annotated[int, Field(gt=0)] = 50_000
@@ -296,7 +304,7 @@ class RunConfig(_Section):
     grace_s: Annotated[float, Field(ge=0)] = 10.0  # for calls in flight after an interrupt
     max_retry_after_s: Annotated[float, Field(ge=0)] = 120.0  # the longest Retry-After obeyed
     # A batch tier whose completion window ends after this runs online ("6h", "90m", "1d").
-    deadline: Annotated[str, Field(pattern=r"^[0-9]+[smhd]$")] | None = None
+    deadline: Annotated[str, AfterValidator(_duration)] | None = None
 
 
 class StoreConfig(_Section):
@@ -429,7 +437,7 @@ _NOT_KEYED_MODEL = (
 
 
 def duration_s(text: str) -> float:
-    """Seconds of a duration such as "24h", "90m", "30s" or "1d" (validated by the pattern)."""
+    """Seconds of a duration such as "24h", "90m", "30s" or "1d" (as `_duration` checked)."""
     return float(text[:-1]) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[text[-1]]
 
 

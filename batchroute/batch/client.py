@@ -9,6 +9,7 @@ Files go up and come down in chunks, never whole in memory.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
@@ -23,6 +24,8 @@ from batchroute.version import __version__
 TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
 _STATUSES = TERMINAL | {"validating", "in_progress", "finalizing", "cancelling"}
 _CHUNK = 1 << 20
+# An id goes into a URL path: only what a provider's ids are made of, never "/" or "..".
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-.]{0,199}")
 
 
 class BatchApiError(Exception):
@@ -52,8 +55,8 @@ class BatchState:
 
 def read_batch(body: Any) -> BatchState:
     """A batch object as `BatchState`; raises BatchApiError when it is not one."""
-    if not isinstance(body, dict) or not isinstance(body.get("id"), str):
-        raise BatchApiError(502, "the batch object has no id")
+    if not isinstance(body, dict) or not _is_id(body.get("id")):
+        raise BatchApiError(502, "the batch object has no usable id")
     status = body.get("status")
     if status not in _STATUSES:
         raise BatchApiError(502, f"unknown batch status {one_line(str(status))[:40]!r}")
@@ -62,13 +65,17 @@ def read_batch(body: Any) -> BatchState:
     if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in numbers):
         raise BatchApiError(502, "the batch's request_counts are not counts")
     output, error = body.get("output_file_id"), body.get("error_file_id")
-    if not all(f is None or isinstance(f, str) for f in (output, error)):
-        raise BatchApiError(502, "the batch's file ids are not strings")
+    if not all(f is None or _is_id(f) for f in (output, error)):
+        raise BatchApiError(502, "the batch's file ids are not usable ids")
     total, completed, failed = numbers
     return BatchState(body["id"], status, total, completed, failed, output, error)
 
 
 _COUNTS = ("total", "completed", "failed")
+
+
+def _is_id(value: object) -> bool:
+    return isinstance(value, str) and _ID.fullmatch(value) is not None
 
 
 class BatchClient:
@@ -99,8 +106,8 @@ class BatchClient:
             form.add_field("purpose", "batch")
             form.add_field("file", data, filename=path.name, content_type="application/jsonl")
             body = await self._json("POST", "/files", data=form)
-        if not isinstance(body, dict) or not isinstance(body.get("id"), str):
-            raise BatchApiError(502, "the uploaded file's object has no id")
+        if not isinstance(body, dict) or not _is_id(body.get("id")):
+            raise BatchApiError(502, "the uploaded file's object has no usable id")
         file_id: str = body["id"]
         return file_id
 

@@ -80,7 +80,7 @@ class BatchCollector:
         max_requests: int,
         max_bytes: int,
         poll_s: tuple[float, float] = (0.05, 30.0),
-        quiet_s: float = 0.2,
+        quiet_s: float = 1.0,
         progress: Progress | None = None,
     ) -> None:
         self.model = model
@@ -132,9 +132,12 @@ class BatchCollector:
         return slot.reply
 
     def close(self) -> None:
-        """No more requests: `run` sends what waits and returns once every batch is in."""
+        """Every row is done: `run` returns. A batch still in flight has no row waiting on it
+        (they were cancelled: an interrupt); it stays recorded, and a rerun collects it."""
         self._closed = True
         self._arrived.set()
+        if self._tg is not None:
+            self._tg.cancel_scope.cancel()
 
     async def run(self) -> None:
         async with anyio.create_task_group() as tg:

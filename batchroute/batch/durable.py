@@ -14,10 +14,12 @@ commits at once: these few writes must be on disk before the wait they protect.
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS batch_files (
@@ -52,12 +54,14 @@ class BatchRow:
 
 
 class BatchTable:
-    """The two tables in the store's file. Blocking: call from a worker thread."""
+    """The two tables in the store's file. Blocking: call from a worker thread. One call at a
+    time (a lock): the parts of a split batch record themselves from several threads."""
 
     def __init__(self, path: Path) -> None:
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=60)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(_SCHEMA)
+        self._lock = threading.Lock()
 
     def close(self) -> None:
         self._db.close()
@@ -75,7 +79,7 @@ class BatchTable:
         """An uploaded input file and its lines (custom id, request key), before its batch."""
         now = time.time()
         rows = [(file_id, custom_id, key) for custom_id, key in lines]
-        with self._db:
+        with self._lock, self._db:
             self._db.execute("BEGIN IMMEDIATE")
             self._db.execute(
                 "INSERT OR REPLACE INTO batch_files VALUES (?, NULL, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -84,41 +88,45 @@ class BatchTable:
             self._db.executemany("INSERT OR REPLACE INTO batch_lines VALUES (?, ?, ?)", rows)
 
     def record_batch(self, file_id: str, batch_id: str, status: str) -> None:
-        self._db.execute(
+        self._query(
             "UPDATE batch_files SET batch_id = ?, status = ?, updated_at = ? WHERE file_id = ?",
             (batch_id, status, time.time(), file_id),
         )
 
     def set_status(self, file_id: str, status: str) -> None:
-        self._db.execute(
+        self._query(
             "UPDATE batch_files SET status = ?, updated_at = ? WHERE file_id = ?",
             (status, time.time(), file_id),
         )
 
+    def _query(self, sql: str, params: tuple[object, ...]) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return self._db.execute(sql, params).fetchall()
+
     def open_files(self, run_id: str, *, endpoint: str, model: str) -> list[BatchRow]:
         """The run's files for `model` whose batch may still bring answers (not collected)."""
         marks = ",".join("?" * len(OPEN))
-        rows = self._db.execute(
+        rows = self._query(
             f"SELECT {_COLUMNS} FROM batch_files WHERE run_id = ? AND endpoint = ?"
             f" AND model = ? AND status IN ({marks}, 'completed', 'expired')"
             " ORDER BY created_at",
             (run_id, endpoint, model, *OPEN),
-        ).fetchall()
+        )
         return [BatchRow(*row) for row in rows]
 
     def lines(self, file_id: str) -> list[tuple[str, bytes]]:
         """(custom id, request key) of each line of `file_id`."""
-        rows = self._db.execute(
+        rows = self._query(
             "SELECT custom_id, key FROM batch_lines WHERE file_id = ? ORDER BY rowid", (file_id,)
-        ).fetchall()
+        )
         return [(str(c), bytes(k)) for c, k in rows]
 
     def of_job(self, job_key: str) -> list[BatchRow]:
         """Every file and batch recorded for a job, oldest first."""
-        rows = self._db.execute(
+        rows = self._query(
             f"SELECT {_COLUMNS} FROM batch_files WHERE job_key = ? ORDER BY created_at",
             (job_key,),
-        ).fetchall()
+        )
         return [BatchRow(*row) for row in rows]
 
 
