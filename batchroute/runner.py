@@ -265,6 +265,7 @@ class _Run:
             api_keys=prep.api_keys,
             identities=identities,
             run_id=prep.run_id,
+            store_path=prep.store.path,
             quiet=self.options.quiet,
         )
         async with batch_tiers as tiers, anyio.create_task_group() as outer:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import sys
 from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -52,6 +53,7 @@ class BatchTiers:
         api_keys: Mapping[str, str],
         identities: Mapping[str, str],
         run_id: str,
+        store_path: Path,
         quiet: bool,
     ) -> AsyncIterator[BatchTiers]:
         modes = tier_modes(job)
@@ -59,8 +61,7 @@ class BatchTiers:
         if not batched:
             yield cls({}, modes)
             return
-        assert job.store.path is not None
-        table = await anyio.to_thread.run_sync(BatchTable, job.store.path)
+        table = await anyio.to_thread.run_sync(BatchTable, store_path)
         bars = _Bars(enabled=not quiet and sys.stderr.isatty())
         try:
             async with contextlib.AsyncExitStack() as stack:

@@ -14,15 +14,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
-from aiohttp import web
-
 from batchroute.sim import answers
-from batchroute.sim.handlers import Response, refuse_auth
+from batchroute.sim.handlers import Response
 from batchroute.sim.request import BadRequest, parse_chat
 from batchroute.sim.state import ModelBook, Sim
 
-__all__ = ["add_routes"]
+__all__ = ["cancel", "create", "file_content", "file_object", "retrieve", "upload"]
 
 CHAT = "/v1/chat/completions"
 MAX_FILE_BYTES = 200 * 1024 * 1024  # OpenAI's limit per batch input file
@@ -62,7 +59,7 @@ def _json(status: int, body: Any) -> Response:
     return Response(status, {}, json.dumps(body).encode())
 
 
-def _error(status: int, message: str, *, param: str | None = None) -> Response:
+def api_error(status: int, message: str, *, param: str | None = None) -> Response:
     kind = "invalid_request_error" if status < 500 else "server_error"
     error = {"message": message, "type": kind, "param": param, "code": None}
     return _json(status, {"error": error})
@@ -71,7 +68,7 @@ def _error(status: int, message: str, *, param: str | None = None) -> Response:
 def upload(sim: Sim, *, filename: str, purpose: str, data: bytes) -> Response:
     """POST /v1/files (multipart): keep the file, answer its FileObject."""
     if purpose != "batch":
-        return _error(400, "Only purpose=batch is served by the simulator.", param="purpose")
+        return api_error(400, "Only purpose=batch is served by the simulator.", param="purpose")
     file = SimFile(f"file-{sim.next_id()}", filename, purpose, int(time.time()), data)
     sim.desk.files[file.id] = file
     return _json(200, file.object())
@@ -81,7 +78,7 @@ def file_object(sim: Sim, file_id: str) -> Response:
     """GET /v1/files/{id}."""
     file = sim.desk.files.get(file_id)
     if file is None:
-        return _error(404, f"No such File object: {file_id}", param="id")
+        return api_error(404, f"No such File object: {file_id}", param="id")
     return _json(200, file.object())
 
 
@@ -96,16 +93,16 @@ def create(sim: Sim, raw: bytes) -> Response:
     try:
         body = json.loads(raw)
     except ValueError:
-        return _error(400, "The request body is not valid JSON.")
+        return api_error(400, "The request body is not valid JSON.")
     if not isinstance(body, dict):
-        return _error(400, "The request body must be a JSON object.")
+        return api_error(400, "The request body must be a JSON object.")
     file = sim.desk.files.get(str(body.get("input_file_id")))
     if file is None:
-        return _error(404, "No such input file.", param="input_file_id")
+        return api_error(404, "No such input file.", param="input_file_id")
     if body.get("endpoint") != CHAT:
-        return _error(400, f"endpoint must be {CHAT}.", param="endpoint")
+        return api_error(400, f"endpoint must be {CHAT}.", param="endpoint")
     if body.get("completion_window") != "24h":
-        return _error(400, "completion_window must be 24h.", param="completion_window")
+        return api_error(400, "completion_window must be 24h.", param="completion_window")
     metadata = body.get("metadata")
     now = int(time.time())
     obj: dict[str, Any] = {
@@ -173,7 +170,7 @@ def retrieve(sim: Sim, batch_id: str) -> Response:
     """GET /v1/batches/{id}: the batch as of now (answered once its time has come)."""
     batch = sim.desk.batches.get(batch_id)
     if batch is None:
-        return _error(404, f"No such Batch object: {batch_id}", param="id")
+        return api_error(404, f"No such Batch object: {batch_id}", param="id")
     _advance(sim, batch)
     return _json(200, batch.obj)
 
@@ -182,10 +179,10 @@ def cancel(sim: Sim, batch_id: str) -> Response:
     """POST /v1/batches/{id}/cancel: `cancelling`, then `cancelled` at the next look."""
     batch = sim.desk.batches.get(batch_id)
     if batch is None:
-        return _error(404, f"No such Batch object: {batch_id}", param="id")
+        return api_error(404, f"No such Batch object: {batch_id}", param="id")
     _advance(sim, batch)
     if batch.obj["status"] in _TERMINAL:
-        return _error(409, f"Cannot cancel a batch that is {batch.obj['status']}.")
+        return api_error(409, f"Cannot cancel a batch that is {batch.obj['status']}.")
     batch.obj |= {"status": "cancelling", "cancelling_at": int(time.time())}
     sim.desk.cancelled += 1
     return _json(200, batch.obj)
@@ -321,96 +318,3 @@ def _charge(sim: Sim, body: dict[str, Any], response: dict[str, Any]) -> None:
     usd = (prompt * prices.input + completion * prices.output) / 1e6 * sim.config.batch.price_factor
     sim.book_charge(sim.books[model], usd=usd, prompt=prompt, completion=completion)
     sim.desk.charged_usd += float(f"{usd:.10f}")
-
-
-# --- HTTP: the aiohttp routes, registered by server.py --------------------------------------
-
-
-def add_routes(app: web.Application, key: web.AppKey[Sim]) -> None:
-    """Serve the Batch API of `app[key]` under /v1."""
-
-    def sim_of(request: web.Request) -> Sim | web.Response:
-        sim = request.app[key]
-        refused = refuse_auth(sim, authorization=request.headers.get("Authorization"))
-        return sim if refused is None else _web(refused)
-
-    async def post_file(request: web.Request) -> web.Response:
-        sim = sim_of(request)
-        if isinstance(sim, web.Response):
-            return sim
-        fields: dict[str, str] = {}
-        data, filename = None, "input.jsonl"
-        reader = await request.multipart()
-        while (part := await reader.next()) is not None:
-            if not isinstance(part, aiohttp.BodyPartReader):
-                continue
-            if part.name == "file":
-                filename = part.filename or filename
-                data = await _read_capped(part)
-                if data is None:
-                    return _web(_error(413, f"Files are limited to {MAX_FILE_BYTES} bytes."))
-            elif part.name:
-                fields[part.name] = (await part.read(decode=True)).decode("utf-8", "replace")
-        if data is None:
-            return _web(_error(400, "No file part in the upload.", param="file"))
-        return _web(upload(sim, filename=filename, purpose=fields.get("purpose", ""), data=data))
-
-    async def get_file(request: web.Request) -> web.Response:
-        sim = sim_of(request)
-        if isinstance(sim, web.Response):
-            return sim
-        return _web(file_object(sim, request.match_info["file_id"]))
-
-    async def get_content(request: web.Request) -> web.Response:
-        sim = sim_of(request)
-        if isinstance(sim, web.Response):
-            return sim
-        data = file_content(sim, request.match_info["file_id"])
-        if data is None:
-            return _web(_error(404, "No such file.", param="id"))
-        return web.Response(body=data, content_type="application/octet-stream")
-
-    async def post_batch(request: web.Request) -> web.Response:
-        sim = sim_of(request)
-        if isinstance(sim, web.Response):
-            return sim
-        return _web(create(sim, await request.read()))
-
-    async def get_batch(request: web.Request) -> web.Response:
-        sim = sim_of(request)
-        if isinstance(sim, web.Response):
-            return sim
-        return _web(retrieve(sim, request.match_info["batch_id"]))
-
-    async def post_cancel(request: web.Request) -> web.Response:
-        sim = sim_of(request)
-        if isinstance(sim, web.Response):
-            return sim
-        return _web(cancel(sim, request.match_info["batch_id"]))
-
-    app.router.add_post("/v1/files", post_file)
-    app.router.add_get("/v1/files/{file_id}", get_file)
-    app.router.add_get("/v1/files/{file_id}/content", get_content)
-    app.router.add_post("/v1/batches", post_batch)
-    app.router.add_get("/v1/batches/{batch_id}", get_batch)
-    app.router.add_post("/v1/batches/{batch_id}/cancel", post_cancel)
-
-
-async def _read_capped(part: aiohttp.BodyPartReader) -> bytes | None:
-    chunks, size = [], 0
-    while chunk := await part.read_chunk(1 << 20):
-        size += len(chunk)
-        if size > MAX_FILE_BYTES:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def _web(response: Response) -> web.Response:
-    return web.Response(
-        status=response.status,
-        body=response.body,
-        headers=response.headers,
-        content_type="application/json",
-        charset=response.charset,
-    )
