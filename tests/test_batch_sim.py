@@ -106,6 +106,8 @@ def test_a_batch_answers_as_online_at_half_price(
     assert seen[-1] == "completed" and "in_progress" in seen
     assert done.request_counts is not None and done.request_counts.completed == 5
     assert done.output_file_id is not None and done.error_file_id is None
+    output = client.files.with_raw_response.retrieve(done.output_file_id).http_response.json()
+    assert FileObject.model_validate(output).purpose == "batch_output"
     out = {line["custom_id"]: line for line in _content(client, done.output_file_id)}
     for i, reply in enumerate(online):
         line = out[f"row-{i}"]
