@@ -130,3 +130,23 @@ def test_status_shows_a_running_batch_and_cancel_stops_it(
     assert slow_sim.ledger()["total_charged_usd"] == 0
     assert "cancelled" in run_cli("status", job).stdout
     assert "no open batch to cancel" in run_cli("cancel", job).stdout
+
+
+def test_an_interrupt_does_not_wait_for_the_batch_which_stays_recorded(tmp_path: Path) -> None:
+    models = write_sim_models(tmp_path, SIM_MODELS + "\n[batch]\nlatency_s = 3600\n")
+    with running_simulator(models=models, seed=SIM_SEED) as sim:
+        job = _job(tmp_path, sim)
+        job.write_text(
+            job.read_text().replace("concurrency = 100", "concurrency = 100\ngrace_s = 0.2")
+        )
+        process = _start(job)
+        batch_id = _recorded_batch(tmp_path / ".batchroute/store.sqlite", process)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)  # not the batch's hour
+        assert process.returncode == 130, stderr
+        assert "Traceback" not in stderr
+        status = run_cli("status", job)
+        line = next(line for line in status.stdout.splitlines() if batch_id in line)
+        assert "validating" in line or "in_progress" in line
+        assert sim.ledger()["batches"]["batches"] == 1
+        assert sim.ledger()["total_charged_usd"] == 0
