@@ -18,6 +18,7 @@ from typing import Any
 
 import anyio
 
+from batchroute.batch.collector import BatchCollector
 from batchroute.budget import Budget
 from batchroute.completion import BadResponse, Completion, parse_completion
 from batchroute.control import RunControl
@@ -154,8 +155,10 @@ class Caller:
         budget: Budget,
         cache: CallCache,
         rng: random.Random,
+        batches: Mapping[str, BatchCollector] | None = None,
     ) -> None:
         self._transports = transports  # by endpoint name; each model uses its endpoint's
+        self._batches = batches or {}  # by model: the batch tiers' collectors
         self._job = job
         self._limits = limits
         self._control = control
@@ -268,9 +271,30 @@ class Caller:
             mean_logprob=stored.mean_logprob,
         )
 
+    def _collector(self, model: str, *, attempt: int) -> BatchCollector | None:
+        """The batch tier's collector for this attempt; None: online. After a line that
+        expired or failed, `batch_fallback = "online"` sends the retry online."""
+        collector = self._batches.get(model)
+        if collector is not None and attempt > 1:
+            return collector if self._job.model(model).batch_fallback == "batch" else None
+        return collector
+
     async def _attempt(self, request: CallRequest, *, attempt: int) -> _Attempt:
         max_tokens = request.params.get("max_tokens") or self._job.run.default_max_tokens
         prompt_tokens = estimate_prompt_tokens(request.messages)
+        collector = self._collector(request.model, attempt=attempt)
+        if collector is not None:
+            # No rate limiter: a batch line is not a request per minute. The budget still is.
+            cost_estimate = await self._budget.admit(
+                request.model, prompt_tokens=prompt_tokens, max_tokens=max_tokens
+            )
+            if cost_estimate is None:
+                assert self._control.stop_error is not None
+                return _Attempt(None, failure=_skipped(self._control.stop_error))
+            try:
+                return await self._send(request, attempt=attempt, collector=collector)
+            finally:
+                self._budget.release(cost_estimate)
         async with self._limits[request.model].call(prompt_tokens + max_tokens) as reservation:
             # Admitted after the limiter's wait, right before sending: the spend is current.
             cost_estimate = await self._budget.admit(
@@ -286,15 +310,25 @@ class Caller:
                 self._budget.release(cost_estimate)
 
     async def _send(
-        self, request: CallRequest, *, attempt: int, reservation: TokenReservation
+        self,
+        request: CallRequest,
+        *,
+        attempt: int,
+        reservation: TokenReservation | None = None,
+        collector: BatchCollector | None = None,
     ) -> _Attempt:
+        """One attempt, online or (`collector`) as a line of a batch; recorded the same way."""
         started_at = datetime.now(UTC)
         t0 = time.perf_counter()
         reply: Reply | None = None
         try:
-            transport = self._transports[self._job.endpoint_name(request.model)]
             payload = {"model": request.model, "messages": request.messages, **request.params}
-            reply = await transport.chat(payload)
+            if collector is not None:
+                key = self._cache.key(request.model, request.messages, request.params)
+                reply = await collector.submit(key, payload)
+            else:
+                transport = self._transports[self._job.endpoint_name(request.model)]
+                reply = await transport.chat(payload)
             failure = classify(reply, redact=self._redact)
         except TransportError as exc:
             failure = classify_transport_error(exc)
@@ -307,8 +341,10 @@ class Caller:
             # A server may echo the request's Authorization header or the key in its error;
             # the message goes to the calls table, the row's error and the terminal.
             failure = replace(failure, message=self._redact(failure.message))
-        reservation.settle(completion.total_tokens if completion is not None else None)
-        charge = self._charge(request.model, headers, completion)
+        if reservation is not None:
+            reservation.settle(completion.total_tokens if completion is not None else None)
+        factor = self._job.model(request.model).batch_price_factor if collector else 1.0
+        charge = self._charge(request.model, headers, completion, factor=factor)
         record = CallRecord(
             row_id=request.row_id,
             tier=request.tier,
@@ -336,10 +372,15 @@ class Caller:
         return _Attempt(record, answer, failure)
 
     def _charge(
-        self, model: str, headers: Mapping[str, str], completion: Completion | None
+        self,
+        model: str,
+        headers: Mapping[str, str],
+        completion: Completion | None,
+        *,
+        factor: float = 1.0,
     ) -> Charge:
-        """The provider's charge header when sent, else the price table times usage; booked
-        on the budget once, here."""
+        """The provider's charge header when sent, else the price table times usage (times a
+        batch tier's `factor`); booked on the budget once, here."""
         endpoint_name = self._job.endpoint_name(model)
         endpoint = self._endpoints[endpoint_name]
         charged = self._money_header(headers, endpoint.charge_header, endpoint_name)
@@ -354,7 +395,9 @@ class Caller:
         prices = self._job.model(model).usd_per_mtok
         usd = None
         if prices is not None and completion is not None and completion.prompt_tokens is not None:
-            usd = prices.cost(completion.prompt_tokens, completion.completion_tokens or 0)
+            usd = prices.cost(
+                completion.prompt_tokens, completion.completion_tokens or 0, factor=factor
+            )
         if charged is _INVALID:
             # Summing a NaN or a negative charge would blind the budget or widen it: count the
             # call as the dearest seen (or its price, if dearer), and say where it came from.

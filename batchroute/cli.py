@@ -102,6 +102,12 @@ def _parser() -> argparse.ArgumentParser:
         " /v1/models), and the served models the job does not use. Exit 2 if one is missing.",
     )
     models.add_argument("job", type=Path, help="the job file (TOML)")
+    for name, text in (
+        ("status", "show the job's provider batches and their progress"),
+        ("cancel", "cancel the job's provider batches that are still open"),
+    ):
+        batches = commands.add_parser(name, help=text, description=text.capitalize() + ".")
+        batches.add_argument("job", type=Path, help="the job file (TOML)")
     _compare_parsers(commands)
     _tune_parser(commands)
     return parser
@@ -284,6 +290,8 @@ def main(argv: list[str] | None = None) -> int:
             return _estimate(args)
         if args.command == "tune":
             return _tune(args)
+        if args.command in ("status", "cancel"):
+            return _batches(args)
         return _models(args) if args.command == "models" else _run(args)
     except BatchrouteError as exc:
         print(f"batchroute: error: {exc}", file=sys.stderr)
@@ -312,6 +320,15 @@ def _models(args: argparse.Namespace) -> int:
     reports = models_report(load_job(args.job))
     print("\n\n".join("\n".join(report.lines()) for report in reports))
     return 2 if any(report.missing for report in reports) else 0
+
+
+def _batches(args: argparse.Namespace) -> int:
+    from batchroute.batch.admin import cancel_lines, status_lines
+    from batchroute.job import load_job
+
+    job = load_job(args.job)
+    print("\n".join((cancel_lines if args.command == "cancel" else status_lines)(job)))
+    return 0
 
 
 def _show_warnings() -> None:

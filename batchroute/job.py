@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -124,15 +125,22 @@ class SimulatorConfig(_Section):
     replay: Path | None = None
 
 
+def _duration(text: str) -> str:
+    if re.fullmatch(r"[1-9][0-9]*[smhd]", text) is None:
+        raise ValueError(f'{text!r} is not a duration such as "90m", "6h" or "2d"')
+    return text
+
+
 class Prices(_Section):
     """A model's price table, in USD per million tokens."""
 
     input: Annotated[float, Field(ge=0)]
     output: Annotated[float, Field(ge=0)]
 
-    def cost(self, prompt_tokens: float, completion_tokens: float) -> float:
-        """USD for these tokens: the one place the price formula lives."""
-        return (prompt_tokens * self.input + completion_tokens * self.output) / 1_000_000
+    def cost(self, prompt_tokens: float, completion_tokens: float, *, factor: float = 1.0) -> float:
+        """USD for these tokens: the one place the price formula lives. `factor` is a batch
+        tier's discount (`batch_price_factor`)."""
+        return (prompt_tokens * self.input + completion_tokens * self.output) / 1_000_000 * factor
 
 
 class ModelConfig(_Section):
@@ -142,6 +150,15 @@ class ModelConfig(_Section):
     usd_per_mtok: Prices | None = None
     fallbacks: tuple[str, ...] = ()
     endpoint: str | None = None  # a table of [endpoints]; else the job's [endpoint]
+    # Batch API tier (batch/): calls go in a JSONL file, priced at the factor when no charge
+    # is reported; lines that expire or fail are retried in a new batch, or online.
+    mode: Literal["online", "batch"] = "online"
+    batch_price_factor: Annotated[float, Field(ge=0, le=1)] = 0.5
+    completion_window: Annotated[str, AfterValidator(_duration)] = "24h"
+    batch_fallback: Literal["batch", "online"] = "batch"
+    # The provider's limits per input file (OpenAI's); a larger batch is split.
+    batch_max_requests: Annotated[int, Field(gt=0)] = 50_000
+    batch_max_bytes: Annotated[int, Field(gt=0)] = 200 * 1024 * 1024
 
 
 # What a model without a [models] table gets: no limits, prices or fallbacks. One shared
@@ -293,6 +310,8 @@ class RunConfig(_Section):
     max_retry_after_s: Annotated[float, Field(ge=0)] = 120.0  # the longest Retry-After obeyed
     # Turns the same model gets to fix an answer that failed a format check, before escalating.
     repair_attempts: Annotated[int, Field(ge=0, le=5)] = 0
+    # A batch tier whose completion window ends after this runs online ("6h", "90m", "1d").
+    deadline: Annotated[str, AfterValidator(_duration)] | None = None
 
 
 class StoreConfig(_Section):
@@ -440,7 +459,19 @@ _NOT_KEYED_SECTIONS = ("run", "store")
 # The client's timeout, its HTTP library and the variable holding the key: the same answers.
 _NOT_KEYED_ENDPOINT = ("timeout_s", "transport", "api_key_env")
 # Rate limits shape the pace of calls, not their answers.
-_NOT_KEYED_MODEL = ("rpm", "tpm", "max_concurrency")
+_NOT_KEYED_MODEL = (
+    "rpm",
+    "tpm",
+    "max_concurrency",
+    "batch_fallback",
+    "batch_max_requests",
+    "batch_max_bytes",
+)
+
+
+def duration_s(text: str) -> float:
+    """Seconds of a duration such as "24h", "90m", "30s" or "1d" (as `_duration` checked)."""
+    return float(text[:-1]) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[text[-1]]
 
 
 def route_targets(job: Job) -> list[str]:

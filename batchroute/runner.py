@@ -15,6 +15,7 @@ import anyio
 import polars as pl
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from batchroute.batch import BatchTiers
 from batchroute.budget import Budget
 from batchroute.caller import Caller
 from batchroute.control import RunControl
@@ -148,6 +149,8 @@ class _Run:
         # A row that stops converting mid-stream (the file changed under the run): the rows
         # before it were paid for, so they are written first and the error raised after.
         self.dataset_error: DatasetError | None = None
+        self.base_urls: dict[str, str] = {}
+        self.modes = ""  # which tiers ran as batches, for the summary line
 
     def _sinks(self) -> tuple[ParquetSink, ParquetSink]:
         job, prep = self.job, self.prep
@@ -182,6 +185,7 @@ class _Run:
         Everything opened here is closed by one exit stack, in reverse order, however the run
         ends: the outputs' temporary files are dropped unless finished, then the connections.
         """
+        self.base_urls = base_urls
         async with contextlib.AsyncExitStack() as stack:
             transports = await self._open_transports(stack, base_urls)
             results_sink, calls_sink = await self._open_sinks(stack)
@@ -194,7 +198,7 @@ class _Run:
             raise self.dataset_error
         prep = self.prep
         top_error = self.errors.most_common(1)[0] if self.errors else None
-        summary_line = self.stats.summary_line()
+        summary_line = self.stats.summary_line() + self.modes
         if top_error is not None:
             summary_line += f"; most common error ({top_error[1]} rows): {top_error[0]}"
         return RunReport(
@@ -262,28 +266,41 @@ class _Run:
             reader=reader,
         )
         await cache.open()
-        caller = Caller(
-            transports,
-            job=job,
-            limits=Limits(job),
-            control=self.control,
-            budget=Budget(job, control=self.control),
-            cache=cache,
-            rng=random.Random(),
+        batch_tiers = BatchTiers.open(
+            job,
+            base_urls=self.base_urls,
+            api_keys=prep.api_keys,
+            identities=identities,
+            run_id=prep.run_id,
+            store_path=prep.store.path,
+            quiet=self.options.quiet,
         )
-        executor = Executor(caller, job=job)
-        async with anyio.create_task_group() as outer:
+        async with batch_tiers as tiers, anyio.create_task_group() as outer:
+            caller = Caller(
+                transports,
+                job=job,
+                limits=Limits(job),
+                control=self.control,
+                budget=Budget(job, control=self.control),
+                cache=cache,
+                rng=random.Random(),
+                batches=tiers.collectors,
+            )
+            executor = Executor(caller, job=job)
             if self.options.handle_signals:
                 outer.start_soon(self._watch_signals, outer.cancel_scope)
             async with anyio.create_task_group() as inner:
                 inner.start_soon(writer.run)
                 inner.start_soon(reader.run)
+                inner.start_soon(tiers.run)
                 try:
                     await self._pipeline(executor, bar, results_sink, calls_sink)
                 finally:
                     writer.close()  # the writer commits what is queued, then ends
                     reader.close()
+                    tiers.close()  # every row is in: the collectors have nothing left
             outer.cancel_scope.cancel()  # the signal watcher's work is done
+            self.modes = tiers.summary()
         if self.hard_stop:
             raise Interrupted("stopped at once; every finished call is in the store")
 

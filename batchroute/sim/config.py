@@ -10,6 +10,7 @@ from typing import Any, Self
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 __all__ = [
+    "BatchSpec",
     "ErrorRates",
     "Latency",
     "ModelSpec",
@@ -72,10 +73,21 @@ class ModelSpec(_Frozen):
     hang_s: float = Field(default=600.0, ge=0)
 
 
+class BatchSpec(_Frozen):
+    """How the Batch API behaves: seconds until a batch completes, its price factor, and the
+    share of lines that fail (500) or expire (the batch then ends `expired`)."""
+
+    latency_s: float = Field(default=2.0, ge=0)
+    price_factor: float = Field(default=0.5, ge=0)
+    fail_rate: float = Field(default=0.0, ge=0, le=1)
+    expire_rate: float = Field(default=0.0, ge=0, le=1)
+
+
 class SimConfig(_Frozen):
-    """The whole table: a starting balance and the served models by name."""
+    """The whole table: a starting balance, the Batch API's behaviour and the served models."""
 
     balance_usd: float = 1000.0
+    batch: BatchSpec = BatchSpec()
     models: dict[str, ModelSpec] = Field(min_length=1)
 
 

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from batchroute.sim import handlers
+from batchroute.sim import batch_http, handlers
 from batchroute.sim.state import Sim
 
 __all__ = ["build_app", "serve"]
@@ -57,6 +57,7 @@ def build_app(sim: Sim) -> web.Application:
     app[SIM_KEY] = sim
     app.router.add_get("/v1/models", _models)
     app.router.add_post("/v1/chat/completions", _chat)
+    batch_http.add_routes(app, SIM_KEY)
     app.router.add_get("/sim/ledger", _ledger)
     app.router.add_post("/sim/reset", _reset)
     return app

@@ -15,7 +15,7 @@ from batchroute.sim.window import RateWindow
 if TYPE_CHECKING:  # replay needs polars, which a simulator without --replay never loads
     from batchroute.sim.replay import ReplayTable
 
-__all__ = ["ERROR_KEYS", "ModelBook", "Sim"]
+__all__ = ["ERROR_KEYS", "BatchDesk", "ModelBook", "Sim"]
 
 ERROR_KEYS = ("429", "500", "503", "hang", "402", "404")
 
@@ -30,6 +30,18 @@ class ModelBook:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     errors: dict[str, int] = field(default_factory=lambda: dict.fromkeys(ERROR_KEYS, 0))
+
+
+@dataclass(slots=True)
+class BatchDesk:
+    """The Batch API's files and batches (their logic lives in `batches.py`)."""
+
+    files: dict[str, Any] = field(default_factory=dict)
+    batches: dict[str, Any] = field(default_factory=dict)
+    lines: int = 0  # lines processed across batches
+    charged_usd: float = 0.0
+    cancelled: int = 0
+    seen: dict[bytes, int] = field(default_factory=dict)  # line draws per (model, prompt)
 
 
 class Sim:
@@ -65,6 +77,7 @@ class Sim:
             name: RateWindow(rpm=m.rpm, tpm=m.tpm) for name, m in self.config.models.items()
         }
         self.rng = random.Random(self.seed)
+        self.desk = BatchDesk()
 
     def next_id(self) -> str:
         return f"{self._id_prefix}{next(self._ids):012x}"
@@ -123,6 +136,13 @@ class Sim:
             "starting_balance_usd": self.start_balance,
             "total_charged_usd": self.total_charged,
             "rejected": dict(self.rejected),
+            "batches": {
+                "files": len(self.desk.files),
+                "batches": len(self.desk.batches),
+                "cancelled": self.desk.cancelled,
+                "lines": self.desk.lines,
+                "charged_usd": self.desk.charged_usd,
+            },
             "models": {
                 name: {
                     "requests": b.requests,
