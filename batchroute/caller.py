@@ -30,8 +30,9 @@ from batchroute.errors import (
     one_line,
 )
 from batchroute.job import Job
-from batchroute.limits import Limits, TokenReservation
+from batchroute.limits import Limits, ModelLimits, Reservation
 from batchroute.prompts import Message, estimate_prompt_tokens
+from batchroute.ratelimit_headers import Quota, read_limit_headers
 from batchroute.records import ANSWER, HEADER, INVALID_HEADER, PRICE_TABLE, UNKNOWN, CallRecord
 from batchroute.redact import Redactor
 from batchroute.retry import RetryPolicy, parse_retry_after
@@ -236,6 +237,8 @@ class Caller:
                     return outcome
                 if failure.kind is FailureKind.FALLBACK:
                     break
+                if failure.status_code == 429:
+                    continue  # the model's cool-down, which the next attempt waits for
                 if attempt < self._policy.max_attempts:
                     delay = self._policy.delay(
                         attempt, retry_after_s=failure.retry_after_s, rng=self._rng
@@ -271,7 +274,15 @@ class Caller:
     async def _attempt(self, request: CallRequest, *, attempt: int) -> _Attempt:
         max_tokens = request.params.get("max_tokens") or self._job.run.default_max_tokens
         prompt_tokens = estimate_prompt_tokens(request.messages)
-        async with self._limits[request.model].call(prompt_tokens + max_tokens) as reservation:
+        limits = self._limits[request.model]
+        if (wait := limits.cool_down_left()) > 0:
+            # After a 429 the whole model waits; not a bare sleep, so a stop ends the wait.
+            with anyio.move_on_after(wait):
+                await self._control.stopping.wait()
+            if self._control.stop_error is not None:
+                return _Attempt(None, failure=_skipped(self._control.stop_error))
+        calling = limits.call(prompt_tokens=prompt_tokens, max_tokens=max_tokens)
+        async with calling as reservation:
             # Admitted after the limiter's wait, right before sending: the spend is current.
             cost_estimate = await self._budget.admit(
                 request.model, prompt_tokens=prompt_tokens, max_tokens=max_tokens
@@ -280,13 +291,20 @@ class Caller:
                 assert self._control.stop_error is not None
                 return _Attempt(None, failure=_skipped(self._control.stop_error))
             try:
-                return await self._send(request, attempt=attempt, reservation=reservation)
+                return await self._send(
+                    request, attempt=attempt, limits=limits, reservation=reservation
+                )
             finally:
                 # Also when cancelled mid-call (an interrupt): the estimate leaves the books.
                 self._budget.release(cost_estimate)
 
     async def _send(
-        self, request: CallRequest, *, attempt: int, reservation: TokenReservation
+        self,
+        request: CallRequest,
+        *,
+        attempt: int,
+        limits: ModelLimits,
+        reservation: Reservation,
     ) -> _Attempt:
         started_at = datetime.now(UTC)
         t0 = time.perf_counter()
@@ -307,7 +325,15 @@ class Caller:
             # A server may echo the request's Authorization header or the key in its error;
             # the message goes to the calls table, the row's error and the terminal.
             failure = replace(failure, message=self._redact(failure.message))
-        reservation.settle(completion.total_tokens if completion is not None else None)
+        quotas: dict[str, Quota] = {}
+        if reply is not None:
+            quotas = limits.observe(reply.headers, reservation=reservation, ok=failure is None)
+            if failure is not None and failure.status_code == 429:
+                limits.cool_down(self._cool_down_s(failure, reply.headers, attempt=attempt))
+        if completion is not None:
+            reservation.settle(completion.prompt_tokens, completion.completion_tokens)
+        else:
+            reservation.settle(None, None)
         charge = self._charge(request.model, headers, completion)
         record = CallRecord(
             row_id=request.row_id,
@@ -331,9 +357,28 @@ class Caller:
             purpose=request.purpose,
             shadow=request.shadow,
             mean_logprob=completion.mean_logprob if completion is not None else None,
+            limit_requests=_limit(quotas, "requests"),
+            limit_tokens=_limit(quotas, "tokens"),
+            limit_input_tokens=_limit(quotas, "input_tokens"),
+            limit_output_tokens=_limit(quotas, "output_tokens"),
         )
         answer = completion.text if completion is not None and failure is None else None
         return _Attempt(record, answer, failure)
+
+    def _cool_down_s(
+        self, failure: CallFailure, headers: Mapping[str, str], *, attempt: int
+    ) -> float:
+        """How long a 429 stops the model: its Retry-After, else the soonest reset of a quota
+        it names as spent, else the backoff; never more than `run.max_retry_after_s`."""
+        wait = failure.retry_after_s
+        if wait is None:
+            quotas = read_limit_headers(headers).quotas.values()
+            resets = [q.reset_s for q in quotas if q.remaining == 0 and q.reset_s is not None]
+            if resets:
+                wait = min(resets)
+        if wait is None:
+            wait = self._policy.delay(attempt, retry_after_s=None, rng=self._rng)
+        return min(wait, self._policy.max_retry_after_s)
 
     def _charge(
         self, model: str, headers: Mapping[str, str], completion: Completion | None
@@ -406,6 +451,12 @@ def _read_completion(
         reason = f"refused: {refusal}" if refusal else "empty answer"
         return completion, CallFailure(FailureKind.FALLBACK, "no_content", _server_line(reason))
     return completion, None
+
+
+def _limit(quotas: Mapping[str, Quota], dimension: str) -> int | None:
+    """The limit per minute the answer named for `dimension`, for the call's record."""
+    quota = quotas.get(dimension)
+    return quota.limit if quota is not None else None
 
 
 def _skipped(reason: RunStopped) -> CallFailure:

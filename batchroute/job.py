@@ -137,6 +137,11 @@ class Prices(_Section):
 class ModelConfig(_Section):
     rpm: Annotated[int, Field(gt=0)] | None = None
     tpm: Annotated[int, Field(gt=0)] | None = None
+    itpm: Annotated[int, Field(gt=0)] | None = None  # input tokens per minute (Anthropic's)
+    otpm: Annotated[int, Field(gt=0)] | None = None  # output tokens per minute
+    # Where limits come from: the job's keys, the answers' rate-limit headers, or both (the
+    # lower wins).
+    limits: Literal["headers", "job", "both"] = "both"
     max_concurrency: Annotated[int, Field(gt=0)] | None = None
     usd_per_mtok: Prices | None = None
     fallbacks: tuple[str, ...] = ()
@@ -406,7 +411,7 @@ _NOT_KEYED_SECTIONS = ("run", "store")
 # The client's timeout, its HTTP library and the variable holding the key: the same answers.
 _NOT_KEYED_ENDPOINT = ("timeout_s", "transport", "api_key_env")
 # Rate limits shape the pace of calls, not their answers.
-_NOT_KEYED_MODEL = ("rpm", "tpm", "max_concurrency")
+_NOT_KEYED_MODEL = ("rpm", "tpm", "itpm", "otpm", "limits", "max_concurrency")
 
 
 def route_targets(job: Job) -> list[str]:

@@ -38,6 +38,9 @@ class RunStats:
     top_tier: str | None = None
     balances_usd: dict[str, float] = field(default_factory=dict)  # by endpoint name
     routes: RouteStats = field(default_factory=RouteStats)  # per rule, label or plan
+    # Per model, the latest limits per minute its answers' rate-limit headers named.
+    limits_seen: dict[str, dict[str, int]] = field(default_factory=dict)
+    rate_limited: int = 0  # calls answered 429
 
     def add(self, result: RowResult, *, top_tier_cost: float | None) -> None:
         self.routes.add(result)
@@ -53,6 +56,15 @@ class RunStats:
         self.priced_rows += any(c.charge_usd is not None for c in result.charged_calls)
         self.unknown_cost_rows += result.cost_partly_unknown
         self.cached_usd += sum(c.charge_usd or 0.0 for c in result.calls if c.cached)
+        for call in result.calls:
+            self.rate_limited += call.status_code == 429
+            named = {
+                dimension: value
+                for dimension in ("requests", "tokens", "input_tokens", "output_tokens")
+                if (value := getattr(call, f"limit_{dimension}")) is not None
+            }
+            if named:
+                self.limits_seen[call.model] = named
         if self.top_tier_cost_usd is not None and result.status != SKIPPED:
             if top_tier_cost is None:
                 self.top_tier_cost_usd = None
@@ -101,6 +113,8 @@ class RunStats:
             "routes": self.routes.as_dict(),
             "unknown_labels": self.routes.unknown_labels,
             "shadow_cost_usd": self.routes.shadow_cost_usd,
+            "limits_seen": self.limits_seen,
+            "rate_limited_calls": self.rate_limited,
         }
 
     def summary_line(self) -> str:
@@ -132,6 +146,11 @@ class RunStats:
             parts.append(f"{self.routes.unknown_labels} unknown labels sent to the default")
         if self.routes.shadow_cost_usd:
             parts.append(f"shadow sampling ${self.routes.shadow_cost_usd:.4f} (not in the total)")
+        for model, seen in self.limits_seen.items():
+            named = ", ".join(f"{value:,} {_PER_MINUTE[dim]}" for dim, value in seen.items())
+            parts.append(f"{model} limits {named}")
+        if self.rate_limited:
+            parts.append(f"{self.rate_limited} calls answered 429")
         for endpoint, balance in self.balances_usd.items():
             name = "" if endpoint == "default" else f" ({endpoint})"
             parts.append(f"balance{name} ${balance:.2f}")
@@ -140,6 +159,14 @@ class RunStats:
         shown = f"{rate:.0f}" if rate >= 10 else f"{rate:.2g}"
         parts.append(f"{self.elapsed_s:.1f}s ({shown} rows/s)")
         return "; ".join(parts)
+
+
+_PER_MINUTE = {
+    "requests": "rpm",
+    "tokens": "tpm",
+    "input_tokens": "itpm",
+    "output_tokens": "otpm",
+}
 
 
 def _per_1k(cost_per_row: float | None, *, partly_unknown: bool) -> str:

@@ -46,6 +46,12 @@ class CallRecord:
     purpose: str = ANSWER
     shadow: bool = False
     mean_logprob: float | None = None  # of the answer's tokens, when logprobs were asked for
+    # The limits per minute the answer's rate-limit headers named (requests, tokens, input
+    # tokens, output tokens), when it named them.
+    limit_requests: int | None = None
+    limit_tokens: int | None = None
+    limit_input_tokens: int | None = None
+    limit_output_tokens: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -155,6 +161,11 @@ def call_schema(id_dtype: pl.DataType) -> dict[str, pl.DataType]:
         "purpose": pl.String(),
         "shadow": pl.Boolean(),
         "mean_logprob": pl.Float64(),
+        # learned limits
+        "limit_requests": pl.Int64(),
+        "limit_tokens": pl.Int64(),
+        "limit_input_tokens": pl.Int64(),
+        "limit_output_tokens": pl.Int64(),
     }
 
 

@@ -129,29 +129,30 @@ async def chat(sim: Sim, raw: bytes, *, authorization: str | None) -> Response:
         usage = (prompt_tokens, completion_tokens)
         body = _completion(req, rid=rid, content=content, finish=finish, usage=usage)
         return Response(200, headers, body, charset=None)
-    window = sim.windows[req.model]
+    window, now = sim.windows[req.model], time.monotonic()
     fault = sim.fault(req.model, spec, req.prompt)
     if fault is not None:
         book.errors[fault] += 1
-        return await _inject(fault, spec=spec, headers=headers | window.headers())
+        return await _inject(fault, spec=spec, headers=headers | window.headers(now=now))
     d = answers.draw(req.prompt, model=req.model, skill=spec.skill, seed=sim.seed)
-    text = answers.render(d, mode=req.mode, schema=req.schema)
+    text = json.dumps(req.params, sort_keys=True) if spec.echo else None
+    text = text or answers.render(d, mode=req.mode, schema=req.schema)
     content, completion_tokens, finish = answers.complete(text, max_tokens=req.max_tokens)
     # tpm counts the actual prompt + completion tokens, known up front since answers are pure.
-    tokens, now = prompt_tokens + completion_tokens, time.monotonic()
-    wait = window.wait_s(tokens, now=now)
+    tokens = prompt_tokens + completion_tokens
+    wait = window.wait_s(tokens, now=now, prompt=prompt_tokens)
     if wait > 0:  # refused requests take no slot, so a client that waits as told gets in
         book.errors["429"] += 1
-        headers |= window.headers()
+        headers |= window.headers(now=now)
         headers["Retry-After"] = str(max(1, math.ceil(wait)))
         headers["retry-after-ms"] = str(max(1, math.ceil(wait * 1000)))
         message = f"Rate limit reached for {req.model}; retry in {wait:.3f}s."
         return _error("429", headers=headers, message=message)
     if sim.balance <= 0:
         book.errors["402"] += 1
-        return _error("402", headers=headers | window.headers())
-    window.admit(tokens, now=now)
-    headers |= window.headers()
+        return _error("402", headers=headers | window.headers(now=now))
+    window.admit(tokens, now=now, prompt=prompt_tokens)
+    headers |= window.headers(now=now)
     if (delay := sim.latency_s(spec)) > 0:
         await asyncio.sleep(delay)
     headers |= sim.charge(book, spec, prompt=prompt_tokens, completion=completion_tokens)
