@@ -21,6 +21,7 @@ import anyio
 from batchroute.budget import Budget
 from batchroute.completion import BadResponse, Completion, parse_completion
 from batchroute.control import RunControl
+from batchroute.dedupe import SharedCalls, deterministic
 from batchroute.errors import (
     AuthRejected,
     BudgetReached,
@@ -172,6 +173,9 @@ class Caller:
         self._endpoints = job.all_endpoints()
         self._warned: set[tuple[str, str]] = set()  # (endpoint, header) warned about this run
         self._redact = Redactor.from_job(job)
+        self._shared: SharedCalls[TierOutcome] | None = (
+            SharedCalls() if job.run.dedupe == "auto" else None
+        )
 
     async def call_tier(
         self,
@@ -186,12 +190,23 @@ class Caller:
     ) -> TierOutcome:
         """Try `model`, retrying what is retryable, then each of its fallbacks in order.
 
-        A stored answer for the model or one of its fallbacks is used before any HTTP call:
-        on resume that is the answer this run already paid for. Every record carries
-        `purpose` and `shadow`, the reason the call was made.
+        An identical deterministic request of this run already answered (or in flight) is
+        shared, not sent again (`run.dedupe`). A stored answer for the model or one of its
+        fallbacks is used before any HTTP call: on resume that is the answer this run already
+        paid for. Every record carries `purpose` and `shadow`, the reason the call was made.
         """
-        outcome = TierOutcome()
         first = CallRequest(row_id, tier, model, messages, params, purpose, shadow)
+        if self._shared is None or not deterministic(params):
+            return await self._call_tier(first)
+        key = self._cache.key(model, messages, params)
+        outcome, shared = await self._shared.once(
+            key, lambda: self._call_tier(first), shareable=lambda o: o.failure is None
+        )
+        return _shared_outcome(outcome, first) if shared else outcome
+
+    async def _call_tier(self, first: CallRequest) -> TierOutcome:
+        outcome = TierOutcome()
+        model, messages, params = first.model, first.messages, first.params
         candidates = [
             replace(first, model=name) for name in (model, *self._job.model(model).fallbacks)
         ]
@@ -457,6 +472,27 @@ def _limit(quotas: Mapping[str, Quota], dimension: str) -> int | None:
     """The limit per minute the answer named for `dimension`, for the call's record."""
     quota = quotas.get(dimension)
     return quota.limit if quota is not None else None
+
+
+def _shared_outcome(outcome: TierOutcome, request: CallRequest) -> TierOutcome:
+    """Another row's answer, as this row records it: the answering call, marked `deduped`,
+    its charge moved to `shared_charge_usd` so that it is counted once."""
+    answered = outcome.records[-1:]
+    records = [
+        replace(
+            record,
+            row_id=request.row_id,
+            tier=request.tier,
+            purpose=request.purpose,
+            shadow=request.shadow,
+            cached=False,
+            deduped=True,
+            charge_usd=None,
+            shared_charge_usd=record.charge_usd,
+        )
+        for record in answered
+    ]
+    return replace(outcome, records=records)
 
 
 def _skipped(reason: RunStopped) -> CallFailure:

@@ -290,6 +290,8 @@ class RunConfig(_Section):
     min_balance_usd: Annotated[float, Field(ge=0)] | None = None
     grace_s: Annotated[float, Field(ge=0)] = 10.0  # for calls in flight after an interrupt
     max_retry_after_s: Annotated[float, Field(ge=0)] = 120.0  # the longest Retry-After obeyed
+    # Identical deterministic requests of a run share one call ("auto"), or each is sent.
+    dedupe: Literal["auto", "off"] = "auto"
 
 
 class StoreConfig(_Section):

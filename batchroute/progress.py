@@ -41,6 +41,8 @@ class RunStats:
     # Per model, the latest limits per minute its answers' rate-limit headers named.
     limits_seen: dict[str, dict[str, int]] = field(default_factory=dict)
     rate_limited: int = 0  # calls answered 429
+    deduped_rows: int = 0  # rows answered by another row's identical call
+    shared_usd: float = 0.0  # what those calls cost, paid once by the rows that made them
 
     def add(self, result: RowResult, *, top_tier_cost: float | None) -> None:
         self.routes.add(result)
@@ -51,7 +53,9 @@ class RunStats:
         self.unverified += result.status == OK and result.check_passed is False
         self.escalated += result.escalated
         self.fallback += result.fallback_used
-        self.calls += len(result.calls)
+        self.calls += sum(not c.deduped for c in result.calls)
+        self.deduped_rows += result.deduped
+        self.shared_usd += result.shared_cost_usd or 0.0
         self.cost_usd += result.cost_usd or 0.0
         self.priced_rows += any(c.charge_usd is not None for c in result.charged_calls)
         self.unknown_cost_rows += result.cost_partly_unknown
@@ -115,6 +119,8 @@ class RunStats:
             "shadow_cost_usd": self.routes.shadow_cost_usd,
             "limits_seen": self.limits_seen,
             "rate_limited_calls": self.rate_limited,
+            "deduped_rows": self.deduped_rows,
+            "dedupe_saved_usd": self.shared_usd,
         }
 
     def summary_line(self) -> str:
@@ -149,6 +155,10 @@ class RunStats:
         for model, seen in self.limits_seen.items():
             named = ", ".join(f"{value:,} {_PER_MINUTE[dim]}" for dim, value in seen.items())
             parts.append(f"{model} limits {named}")
+        if self.deduped_rows:
+            parts.append(
+                f"{self.deduped_rows} identical rows shared a call (saved ${self.shared_usd:.4f})"
+            )
         if self.rate_limited:
             parts.append(f"{self.rate_limited} calls answered 429")
         for endpoint, balance in self.balances_usd.items():

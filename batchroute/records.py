@@ -52,6 +52,10 @@ class CallRecord:
     limit_tokens: int | None = None
     limit_input_tokens: int | None = None
     limit_output_tokens: int | None = None
+    # Another row's identical request answered this one (run.dedupe): no call was made for
+    # this row; the charge of the shared call is in `shared_charge_usd`, not `charge_usd`.
+    deduped: bool = False
+    shared_charge_usd: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -89,8 +93,20 @@ class RowResult:
 
     @property
     def charged_calls(self) -> list[CallRecord]:
-        """The calls charged to the row: all but shadow sampling's."""
-        return [c for c in self.calls if not c.shadow]
+        """The calls charged to the row: all but shadow sampling's and answers shared from
+        another row's call (which that row paid for)."""
+        return [c for c in self.calls if not c.shadow and not c.deduped]
+
+    @property
+    def deduped(self) -> bool:
+        """The row's answer came from another row's identical call."""
+        return any(c.deduped and not c.shadow for c in self.calls)
+
+    @property
+    def shared_cost_usd(self) -> float | None:
+        """What the calls this row shared cost the rows that made them; None when none."""
+        shared = [c for c in self.calls if c.deduped and not c.shadow]
+        return sum(c.shared_charge_usd or 0.0 for c in shared) if shared else None
 
     @property
     def answer_calls(self) -> list[CallRecord]:
@@ -166,6 +182,8 @@ def call_schema(id_dtype: pl.DataType) -> dict[str, pl.DataType]:
         "limit_tokens": pl.Int64(),
         "limit_input_tokens": pl.Int64(),
         "limit_output_tokens": pl.Int64(),
+        "deduped": pl.Boolean(),
+        "shared_charge_usd": pl.Float64(),
     }
 
 
@@ -196,6 +214,9 @@ def result_schema(id_dtype: pl.DataType) -> dict[str, pl.DataType]:
         "classifier_cost_usd": pl.Float64(),
         "shadow_passed": pl.Boolean(),
         "shadow_cost_usd": pl.Float64(),
+        # identical requests shared
+        "deduped": pl.Boolean(),
+        "shared_cost_usd": pl.Float64(),
     }
 
 
@@ -233,4 +254,6 @@ def results_frame(results: list[RowResult], *, id_dtype: pl.DataType) -> pl.Data
         columns["classifier_cost_usd"].append(r.classifier_cost_usd)
         columns["shadow_passed"].append(r.shadow_passed)
         columns["shadow_cost_usd"].append(r.shadow_cost_usd)
+        columns["deduped"].append(r.deduped)
+        columns["shared_cost_usd"].append(r.shared_cost_usd)
     return pl.DataFrame(columns, schema=schema)
