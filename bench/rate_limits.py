@@ -120,8 +120,7 @@ def _run(
             directory,
             data=data,
             base_url=sim.base_url,
-            models=models,
-            extra="max_attempts = 10",
+            models=f"max_attempts = 10\n{models}",  # in [run], which the models follow
             name=f"{name}.toml",
         )
         cmd = [sys.executable, "-c", LAUNCH, tree, "run", str(job), "--force", "--no-cache", "-q"]
