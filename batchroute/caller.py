@@ -8,10 +8,9 @@ place; what an answer means is decided once, in `classify`.
 from __future__ import annotations
 
 import logging
-import math
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -19,6 +18,8 @@ from typing import Any
 import anyio
 
 from batchroute.budget import Budget
+from batchroute.charges import Charges
+from batchroute.classify import classify, classify_transport_error
 from batchroute.completion import BadResponse, Completion, parse_completion
 from batchroute.control import RunControl
 from batchroute.dedupe import SharedCalls, deterministic
@@ -34,23 +35,19 @@ from batchroute.job import Job
 from batchroute.limits import Limits, ModelLimits, Reservation
 from batchroute.prompts import Message, estimate_prompt_tokens
 from batchroute.ratelimit_headers import Quota, read_limit_headers
-from batchroute.records import ANSWER, HEADER, INVALID_HEADER, PRICE_TABLE, UNKNOWN, CallRecord
+from batchroute.records import ANSWER, UNKNOWN, CallRecord
 from batchroute.redact import Redactor
-from batchroute.retry import RetryPolicy, parse_retry_after
+from batchroute.retry import RetryPolicy
 from batchroute.store import CallCache, StoredCall
 from batchroute.transport import (
     Reply,
-    ResponseTooLarge,
     Transport,
     TransportError,
-    TransportTimeout,
 )
 
-# Codes that mean "this model cannot take this request, another might" rather than "the
-# request is wrong": the fallback model may have a longer context or actually exist.
-_FALLBACK_ERROR_CODES = {"context_length_exceeded", "model_not_found"}
-
 log = logging.getLogger("batchroute")
+
+__all__ = ["Caller", "TierOutcome", "classify", "classify_transport_error"]
 
 
 @dataclass(slots=True)
@@ -64,54 +61,6 @@ class TierOutcome:
     failure: CallFailure | None = None
 
 
-def classify(reply: Reply, *, redact: Callable[[str], str] = str) -> CallFailure | None:
-    """What an HTTP answer means for the call: None for a 2xx, else what to do about it.
-
-    The only place that decides; both transports' answers come through here. The server's
-    message passes `redact` before it is cut to one line, so no part of a secret survives.
-    """
-    status = reply.status
-    if 200 <= status < 300:
-        return None
-    error = reply.error
-    message = _server_line(redact(str(error.get("message") or reply.text or f"HTTP {status}")))
-    error_kind = f"http_{status}"
-    if status in (401, 403):
-        return CallFailure(FailureKind.FATAL, error_kind, message, status)
-    if status == 402 or error.get("code") == "insufficient_quota":
-        # Out of credit (OpenAI says so with a 429 and this code): every later call would get
-        # the same answer, so retrying only burns time.
-        return CallFailure(FailureKind.FATAL, error_kind, message, status)
-    if status in (408, 409, 429) or status >= 500:
-        # 408/409 are transient by convention (the openai SDK's own retry list); 429 and 5xx
-        # say "later", and when the server says how much later we honour it.
-        retry_after = parse_retry_after(reply.headers)
-        return CallFailure(FailureKind.RETRYABLE, error_kind, message, status, retry_after)
-    if status == 404 or error.get("code") in _FALLBACK_ERROR_CODES:
-        return CallFailure(FailureKind.FALLBACK, error_kind, message, status)
-    return CallFailure(FailureKind.ROW, error_kind, message, status)
-
-
-def classify_transport_error(exc: TransportError) -> CallFailure:
-    """No usable HTTP answer: a timeout or a failed connection, both worth another try, or a
-    body over the size cap."""
-    if isinstance(exc, ResponseTooLarge):
-        # Not retried: the same request to the same model would most likely bring the same
-        # oversized answer, paid again each time; another model (a fallback) may answer
-        # within the cap, so it moves on as a model that cannot serve the request does.
-        return CallFailure(FailureKind.FALLBACK, "response_too_large", str(exc))
-    if isinstance(exc, TransportTimeout):
-        return CallFailure(FailureKind.RETRYABLE, "timeout", "request timed out")
-    return CallFailure(FailureKind.RETRYABLE, "connection", _server_line(str(exc)))
-
-
-class _Invalid:
-    """A header that was sent but is not a usable amount."""
-
-
-_INVALID = _Invalid()
-
-
 @dataclass(frozen=True, slots=True)
 class CallRequest:
     """One call to make: for which row and tier, to which model, with what, and why."""
@@ -123,15 +72,6 @@ class CallRequest:
     params: dict[str, Any]
     purpose: str = ANSWER
     shadow: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Charge:
-    """What one call cost and where that figure came from; the balance it reported."""
-
-    usd: float | None
-    source: str
-    balance_usd: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,8 +111,8 @@ class Caller:
             max_retry_after_s=job.run.max_retry_after_s,
         )
         self._endpoints = job.all_endpoints()
-        self._warned: set[tuple[str, str]] = set()  # (endpoint, header) warned about this run
         self._redact = Redactor.from_job(job)
+        self._charges = Charges(job, control=control, budget=budget)
         self._shared: SharedCalls[TierOutcome] | None = (
             SharedCalls() if job.run.dedupe == "auto" else None
         )
@@ -349,7 +289,7 @@ class Caller:
             reservation.settle(completion.prompt_tokens, completion.completion_tokens)
         else:
             reservation.settle(None, None)
-        charge = self._charge(request.model, headers, completion)
+        charge = self._charges.of(request.model, headers, completion)
         record = CallRecord(
             row_id=request.row_id,
             tier=request.tier,
@@ -376,6 +316,7 @@ class Caller:
             limit_tokens=_limit(quotas, "tokens"),
             limit_input_tokens=_limit(quotas, "input_tokens"),
             limit_output_tokens=_limit(quotas, "output_tokens"),
+            tool_calls=completion.tool_calls if completion is not None else None,
         )
         answer = completion.text if completion is not None and failure is None else None
         return _Attempt(record, answer, failure)
@@ -394,62 +335,6 @@ class Caller:
         if wait is None:
             wait = self._policy.delay(attempt, retry_after_s=None, rng=self._rng)
         return min(wait, self._policy.max_retry_after_s)
-
-    def _charge(
-        self, model: str, headers: Mapping[str, str], completion: Completion | None
-    ) -> Charge:
-        """The provider's charge header when sent, else the price table times usage; booked
-        on the budget once, here."""
-        endpoint_name = self._job.endpoint_name(model)
-        endpoint = self._endpoints[endpoint_name]
-        charged = self._money_header(headers, endpoint.charge_header, endpoint_name)
-        # A balance that is not a number is ignored: it must neither stop nor unstop the run.
-        sent_balance = self._money_header(headers, endpoint.balance_header, endpoint_name)
-        balance = sent_balance if isinstance(sent_balance, float) else None
-        self._control.note_balance(endpoint_name, balance)
-        self._budget.note_balance(balance)
-        if isinstance(charged, float):
-            self._budget.add_spend(model, charged)
-            return Charge(charged, HEADER, balance)
-        prices = self._job.model(model).usd_per_mtok
-        usd = None
-        if prices is not None and completion is not None and completion.prompt_tokens is not None:
-            usd = prices.cost(completion.prompt_tokens, completion.completion_tokens or 0)
-        if charged is _INVALID:
-            # Summing a NaN or a negative charge would blind the budget or widen it: count the
-            # call as the dearest seen (or its price, if dearer), and say where it came from.
-            self._budget.add_doubtful_spend(model, usd)
-            return Charge(usd, INVALID_HEADER, balance)
-        if usd is not None:
-            self._budget.add_spend(model, usd)
-            return Charge(usd, PRICE_TABLE, balance)
-        return Charge(None, UNKNOWN, balance)
-
-    def _money_header(
-        self, headers: Mapping[str, str], name: str, endpoint: str
-    ) -> float | _Invalid | None:
-        """An amount in USD from a header: None when absent, _INVALID (warned about once per
-        run and header) when it is not a finite, non-negative number."""
-        raw = headers.get(name)
-        if raw is None:
-            return None
-        try:
-            value = float(raw)
-        except ValueError:
-            value = math.nan
-        if math.isfinite(value) and value >= 0:
-            return value
-        if (endpoint, name) not in self._warned:
-            self._warned.add((endpoint, name))
-            log.warning(
-                "endpoint %s sent %s: %r, not an amount in USD; such values are ignored (a"
-                " charge is taken from the price table, else unknown, and the budget counts"
-                " the call as the dearest seen)",
-                endpoint,
-                name,
-                _server_line(raw)[:40],
-            )
-        return _INVALID
 
 
 def _read_completion(

@@ -16,7 +16,7 @@ from batchroute.checks import GraderError, Subject, Verdict
 from batchroute.classifier import Classifier, PendingPlan
 from batchroute.errors import FailureKind
 from batchroute.job import Job
-from batchroute.prompts import BadRowInput, Message, build_messages
+from batchroute.prompts import BadRowInput, Message, PromptTemplate, build_messages
 from batchroute.records import CLASSIFIER, FAILED, JUDGE, OK, SKIPPED, RowResult
 from batchroute.router import Plan, Routed
 from batchroute.shadow import ShadowPolicy
@@ -31,6 +31,7 @@ class Executor:
         self._system = job.input.system_template()
         self._messages_column = job.input.messages
         self._shadow = ShadowPolicy.from_job(job)
+        self._job = job
 
     async def run_row(self, row_id: object, row: Mapping[str, Any], plan: Routed) -> RowResult:
         result = RowResult(row_id=row_id, plan=plan.name, rule=plan.rule)
@@ -108,8 +109,13 @@ class Executor:
         verdicts: dict[str, Verdict] = {}
         for tier, model in enumerate(plan.tiers):
             result.tiers_tried.append(model)
+            try:
+                tier_messages = self._model_messages(model, row=row, default=messages)
+            except BadRowInput as exc:
+                result.status, result.error = FAILED, f"bad input for {model}: {exc}"
+                return verdicts
             outcome = await self._caller.call_tier(
-                row_id, tier=tier, model=model, messages=messages, params=plan.params
+                row_id, tier=tier, model=model, messages=tier_messages, params=plan.params
             )
             result.calls.extend(outcome.records)
             if outcome.failure is not None:
@@ -143,6 +149,21 @@ class Executor:
         # Every tier's answer failed the check: keep the last answer (it is often still the
         # best there is) and let `check_passed = false` say that nothing vouched for it.
         return verdicts
+
+    def _model_messages(
+        self, model: str, *, row: Mapping[str, Any], default: list[Message]
+    ) -> list[Message]:
+        """The row's messages for `model`: its own templates (`models.X.prompt`/`system`)
+        over [input]'s, else the row's messages as built once."""
+        config = self._job.model(model)
+        if config.prompt is None and config.system is None:
+            return default
+        return build_messages(
+            row,
+            prompt=PromptTemplate.parse(config.prompt) if config.prompt else self._prompt,
+            system=PromptTemplate.parse(config.system) if config.system else self._system,
+            messages_column=None if config.prompt else self._messages_column,
+        )
 
     async def _run_shadow(
         self,

@@ -50,6 +50,12 @@ class Reservation:
         await bucket.acquire(reserved)
         self._held.append((dimension, bucket, reserved, amount))
 
+    def release(self) -> None:
+        """Give back everything taken: the call was not sent."""
+        for _, bucket, reserved, _ in self._held:
+            bucket.settle(reserved, 0.0)
+        self._held = []
+
     def settle(self, prompt_tokens: int | None, completion_tokens: int | None) -> None:
         """Book the real usage; without a usage report (an error) book the whole estimate,
         not only the part that fitted: the provider may have counted it."""
@@ -154,14 +160,20 @@ class ModelLimits:
         if self.slots is not None:
             await self.slots.acquire()
         try:
-            await self._cool_down()
-            await self._probe()
             amounts = _amounts(prompt_tokens, max_tokens)
-            reservation = Reservation(self._seq)
-            for dimension in DIMENSIONS:
-                learned = self.learned[dimension]
-                for bucket in (self.job_buckets[dimension], learned.pace, learned.server):
-                    await reservation.take(bucket, dimension, amounts[dimension])
+            while True:
+                await self._cool_down()
+                await self._probe()
+                reservation = Reservation(self._seq)
+                for dimension in DIMENSIONS:
+                    learned = self.learned[dimension]
+                    for bucket in (self.job_buckets[dimension], learned.pace, learned.server):
+                        await reservation.take(bucket, dimension, amounts[dimension])
+                if self.cool_down_left() <= 0:
+                    break
+                # A 429 came while this call waited in the buckets: it must not go out now,
+                # so it gives its capacity back and waits for the cool-down like the rest.
+                reservation.release()
             self._seq += 1
             reservation.seq = self._seq
             for dimension in DIMENSIONS:

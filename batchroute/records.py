@@ -56,6 +56,7 @@ class CallRecord:
     # this row; the charge of the shared call is in `shared_charge_usd`, not `charge_usd`.
     deduped: bool = False
     shared_charge_usd: float | None = None
+    tool_calls: str | None = None  # the answer's tool calls, as JSON
 
     @property
     def ok(self) -> bool:
@@ -101,6 +102,12 @@ class RowResult:
     def deduped(self) -> bool:
         """The row's answer came from another row's identical call."""
         return any(c.deduped and not c.shadow for c in self.calls)
+
+    @property
+    def tool_calls(self) -> str | None:
+        """The tool calls of the call that gave the final answer, as JSON."""
+        answered = [c for c in self.calls if c.purpose == ANSWER and not c.shadow and c.ok]
+        return answered[-1].tool_calls if answered and self.answer is not None else None
 
     @property
     def shared_cost_usd(self) -> float | None:
@@ -184,6 +191,7 @@ def call_schema(id_dtype: pl.DataType) -> dict[str, pl.DataType]:
         "limit_output_tokens": pl.Int64(),
         "deduped": pl.Boolean(),
         "shared_charge_usd": pl.Float64(),
+        "tool_calls": pl.String(),
     }
 
 
@@ -217,6 +225,7 @@ def result_schema(id_dtype: pl.DataType) -> dict[str, pl.DataType]:
         # identical requests shared
         "deduped": pl.Boolean(),
         "shared_cost_usd": pl.Float64(),
+        "tool_calls": pl.String(),  # the final answer's tool calls, as JSON
     }
 
 
@@ -256,4 +265,5 @@ def results_frame(results: list[RowResult], *, id_dtype: pl.DataType) -> pl.Data
         columns["shadow_cost_usd"].append(r.shadow_cost_usd)
         columns["deduped"].append(r.deduped)
         columns["shared_cost_usd"].append(r.shared_cost_usd)
+        columns["tool_calls"].append(r.tool_calls)
     return pl.DataFrame(columns, schema=schema)

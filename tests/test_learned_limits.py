@@ -4,6 +4,7 @@ against the simulator that enforce a limit the job never names."""
 from __future__ import annotations
 
 import logging
+import time
 import textwrap
 from datetime import UTC, datetime
 from pathlib import Path
@@ -239,3 +240,32 @@ def test_a_huge_limit_does_not_unpace_a_job_limit(tmp_path: Path, hostile: Hosti
     started = ran.calls.sort("started_at")["started_at"].to_list()
     assert (started[-1] - started[0]).total_seconds() >= 2.0
     assert ran.results.filter(pl.col("status") == "ok").height == 6
+
+
+# ---- one cool-down per model ---------------------------------------------------------------
+
+
+def test_after_a_429_every_row_waits_the_named_window(
+    tmp_path: Path, hostile: HostileServer
+) -> None:
+    # The server refuses everything for 2 s after the first request, naming the time left.
+    # Paced at 600 rpm (limits = "job": nothing learned), each row used to meet the wall on
+    # its own: about 20 429s. With one cool-down per model, the first 429 stops every row.
+    opened: list[float] = []
+
+    def wall(request: object) -> Answer:
+        now = time.monotonic()
+        opened.append(opened[0] if opened else now)
+        left = opened[0] + 2.0 - now
+        if left > 0:
+            headers = {"retry-after-ms": str(max(1, int(left * 1000)))}
+            return Answer(429, json={"error": {"message": "slow down"}}, headers=headers)
+        return Answer(json=completion("ok"))
+
+    hostile.script = wall
+    models = '[models."h/model"]\nrpm = 600\nlimits = "job"\n'
+    job = hostile_job(tmp_path, hostile, rows=30, models=models, concurrency=16)
+    ran = run_job(job)
+    assert set(ran.results["status"]) == {"ok"}
+    refused = ran.calls.filter(pl.col("status_code") == 429)
+    assert refused.height <= 2, refused.select("row_id", "started_at")

@@ -73,8 +73,8 @@ class ModelSpec(_Frozen):
     # Which rate-limit headers every answer carries: OpenAI's, Anthropic's, or none.
     header_style: Literal["openai", "anthropic", "none"] = "openai"
     spent: float = Field(default=0.0, ge=0, le=1)  # share of each limit used before start
-    # Answer with the request's parameters (all but model and messages) as JSON, so a test
-    # can see what the server received.
+    # Answer with the request's body (all but `model`) as JSON, so a test can see what the
+    # server received.
     echo: bool = False
     errors: ErrorRates = ErrorRates()
     hang_s: float = Field(default=600.0, ge=0)

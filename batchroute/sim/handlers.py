@@ -71,9 +71,17 @@ def _completion(
     usage: tuple[int, int],
     logprobs: list[dict[str, Any]] | None = None,
 ) -> bytes:
+    message: dict[str, Any] = {"role": "assistant", "content": content, "refusal": None}
+    tool = _forced_tool(req)
+    if tool is not None:
+        # A forced tool call: the answer is its arguments, and there is no content.
+        function = {"name": tool, "arguments": json.dumps({"answer": content})}
+        call = {"id": f"call_{rid}", "type": "function", "function": function}
+        message |= {"content": None, "tool_calls": [call]}
+        finish = "tool_calls"
     choice = {
         "index": 0,
-        "message": {"role": "assistant", "content": content, "refusal": None},
+        "message": message,
         "logprobs": None if logprobs is None else {"content": logprobs, "refusal": None},
         "finish_reason": finish,
     }
@@ -91,6 +99,19 @@ def _completion(
         },
     }
     return json.dumps(body).encode()
+
+
+def _forced_tool(req: ChatRequest) -> str | None:
+    """The function a request forces (`tool_choice` "required" or naming one), if any."""
+    tools, choice = req.received.get("tools"), req.received.get("tool_choice")
+    if not isinstance(tools, list) or not tools or choice in (None, "none", "auto"):
+        return None
+    if isinstance(choice, dict):
+        name = (choice.get("function") or {}).get("name")
+        return name if isinstance(name, str) else None
+    first = tools[0].get("function") if isinstance(tools[0], dict) else None
+    name = first.get("name") if isinstance(first, dict) else None
+    return name if choice == "required" and isinstance(name, str) else None
 
 
 def refuse_auth(sim: Sim, *, authorization: str | None) -> Response | None:
@@ -135,7 +156,7 @@ async def chat(sim: Sim, raw: bytes, *, authorization: str | None) -> Response:
         book.errors[fault] += 1
         return await _inject(fault, spec=spec, headers=headers | window.headers(now=now))
     d = answers.draw(req.prompt, model=req.model, skill=spec.skill, seed=sim.seed)
-    text = json.dumps(req.params, sort_keys=True) if spec.echo else None
+    text = json.dumps(req.received, sort_keys=True) if spec.echo else None
     text = text or answers.render(d, mode=req.mode, schema=req.schema)
     content, completion_tokens, finish = answers.complete(text, max_tokens=req.max_tokens)
     # tpm counts the actual prompt + completion tokens, known up front since answers are pure.

@@ -28,7 +28,7 @@ class ChatRequest:
     mode: str  # "text", "json_object" or "json_schema"
     schema: Any
     logprobs: bool
-    params: dict[str, Any]  # every key but model and messages, as received
+    received: dict[str, Any]  # the whole body but `model`, as received (for echo)
 
 
 def parse_chat(raw: bytes) -> ChatRequest:
@@ -67,7 +67,7 @@ def parse_chat(raw: bytes) -> ChatRequest:
         mode=mode,
         schema=schema,
         logprobs=body.get("logprobs") is True,
-        params={k: v for k, v in body.items() if k not in ("model", "messages")},
+        received={k: v for k, v in body.items() if k != "model"},
     )
 
 
