@@ -4,8 +4,8 @@ against the simulator that enforce a limit the job never names."""
 from __future__ import annotations
 
 import logging
-import time
 import textwrap
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
