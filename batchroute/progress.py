@@ -242,8 +242,10 @@ def top_tier_cost(result: RowResult, *, job: Job, top: str | None) -> float | No
     if top is None:
         return None
     for call in result.answer_calls:  # not the classifier's, a judge's or a shadow call
-        if call.model == top and call.ok and call.charge_usd is not None:
-            return call.charge_usd
+        # A shared answer (deduped) cost what the row that made the call paid.
+        charge = call.shared_charge_usd if call.deduped else call.charge_usd
+        if call.model == top and call.ok and charge is not None:
+            return charge
     prices = job.model(top).usd_per_mtok
     if prices is None:
         return None
