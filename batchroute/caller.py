@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -127,8 +127,12 @@ class Caller:
         params: dict[str, Any],
         purpose: str = ANSWER,
         shadow: bool = False,
+        messages_for: Callable[[str], list[Message] | None] | None = None,
     ) -> TierOutcome:
         """Try `model`, retrying what is retryable, then each of its fallbacks in order.
+
+        `messages_for(model)` gives a fallback model its own messages (its own templates);
+        None for a model skips it (its templates cannot render the row).
 
         An identical deterministic request of this run already answered (or in flight) is
         shared, not sent again (`run.dedupe`). A stored answer for the model or one of its
@@ -137,22 +141,32 @@ class Caller:
         """
         first = CallRequest(row_id, tier, model, messages, params, purpose, shadow)
         if self._shared is None or not deterministic(params):
-            return await self._call_tier(first)
+            return await self._call_tier(first, messages_for=messages_for)
         key = self._cache.key(model, messages, params)
         outcome, shared = await self._shared.once(
-            key, lambda: self._call_tier(first), shareable=lambda o: o.failure is None
+            key,
+            lambda: self._call_tier(first, messages_for=messages_for),
+            shareable=lambda o: o.failure is None,
         )
         return _shared_outcome(outcome, first) if shared else outcome
 
-    async def _call_tier(self, first: CallRequest) -> TierOutcome:
+    async def _call_tier(
+        self,
+        first: CallRequest,
+        *,
+        messages_for: Callable[[str], list[Message] | None] | None = None,
+    ) -> TierOutcome:
         outcome = TierOutcome()
-        model, messages, params = first.model, first.messages, first.params
-        candidates = [
-            replace(first, model=name) for name in (model, *self._job.model(model).fallbacks)
-        ]
+        params = first.params
+        candidates = [first]
+        for name in self._job.model(first.model).fallbacks:
+            own = messages_for(name) if messages_for is not None else first.messages
+            if own is not None:
+                candidates.append(replace(first, model=name, messages=own))
         if self._cache.reads:
             for position, request in enumerate(candidates):
-                stored = await self._cache.find(self._cache.key(request.model, messages, params))
+                key = self._cache.key(request.model, request.messages, params)
+                stored = await self._cache.find(key)
                 if stored is not None:
                     outcome.records.append(self._replayed(stored, request))
                     outcome.answer, outcome.model = stored.answer, request.model
@@ -179,7 +193,7 @@ class Caller:
                     outcome.failure = None  # earlier attempts' failures were overcome
                     if self._cache.writes:
                         # Hashed here, for the model that answered, not for every fallback.
-                        key = self._cache.key(request.model, messages, params)
+                        key = self._cache.key(request.model, request.messages, params)
                         await self._cache.remember(
                             _to_store(key, result.record, result.answer, self._cache.run_id)
                         )

@@ -115,7 +115,12 @@ class Executor:
                 result.status, result.error = FAILED, f"bad input for {model}: {exc}"
                 return verdicts
             outcome = await self._caller.call_tier(
-                row_id, tier=tier, model=model, messages=tier_messages, params=plan.params
+                row_id,
+                tier=tier,
+                model=model,
+                messages=tier_messages,
+                params=plan.params,
+                messages_for=lambda name: self._fallback_messages(name, row=row, default=messages),
             )
             result.calls.extend(outcome.records)
             if outcome.failure is not None:
@@ -164,6 +169,15 @@ class Executor:
             system=PromptTemplate.parse(config.system) if config.system else self._system,
             messages_column=None if config.prompt else self._messages_column,
         )
+
+    def _fallback_messages(
+        self, model: str, *, row: Mapping[str, Any], default: list[Message]
+    ) -> list[Message] | None:
+        """A fallback model's messages; None when its own templates cannot render the row."""
+        try:
+            return self._model_messages(model, row=row, default=default)
+        except BadRowInput:
+            return None
 
     async def _run_shadow(
         self,

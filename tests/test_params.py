@@ -24,6 +24,11 @@ echo = true
 [models."e/plain"]
 usd_per_mtok = { input = 1.0, output = 1.0 }
 latency_ms = { mean = 0, jitter = 0 }
+
+[models."e/broken"]
+usd_per_mtok = { input = 1.0, output = 1.0 }
+latency_ms = { mean = 0, jitter = 0 }
+errors = { "500" = 1.0 }
 """
 
 PARAMS = """\
@@ -115,6 +120,29 @@ def test_a_model_carries_its_own_prompt_templates(tmp_path: Path, sim_url: str) 
         "content": "You answer tersely about classify.",
     }
     assert received["messages"][1]["content"].startswith("Own wording: Ticket number 0")
+
+
+def test_a_fallback_model_uses_its_own_prompt(tmp_path: Path, sim_url: str) -> None:
+    models = textwrap.dedent(
+        """\
+        [models."e/broken"]
+        fallbacks = ["e/echo"]
+
+        [models."e/echo"]
+        prompt = "Fallback wording: {text}"
+        """
+    )
+    results_path = _run(
+        tmp_path,
+        sim_url,
+        route='strategy = "fixed"\nmodel = "e/broken"',
+        extra="[params]\nmax_tokens = 4000\n",
+        models=models,
+    )
+    results = read_results(results_path)
+    assert results["fallback_used"].all() and set(results["model"]) == {"e/echo"}
+    received = json.loads(results["answer"][0])
+    assert received["messages"][-1]["content"].startswith("Fallback wording: Ticket number 0")
 
 
 def test_a_misspelled_parameter_is_still_an_error(tmp_path: Path) -> None:
