@@ -140,8 +140,6 @@ class ModelLimits:
         self.slots = (
             anyio.CapacityLimiter(config.max_concurrency) if config.max_concurrency else None
         )
-        self.seen: dict[str, Quota] = {}  # the last quota seen per dimension, for the record
-        self.cooldowns = 0
         self._loop_time = anyio.current_time
         self._cool_until = 0.0
         self._refill_pending = False
@@ -211,7 +209,6 @@ class ModelLimits:
                 )
         self._probing = False
         for dimension, quota in read.quotas.items():
-            self.seen[dimension] = quota
             uncounted = self._sent[dimension] - reservation.sent_after.get(dimension, 0.0)
             self.learned[dimension].observe(quota, seq=reservation.seq, uncounted=uncounted)
         return read.quotas
@@ -222,7 +219,6 @@ class ModelLimits:
         if now + seconds > self._cool_until:
             self._cool_until = now + seconds
             self._refill_pending = True
-            self.cooldowns += 1
         if self.learning and self._pace_of_requests() is None:
             # The server refuses but names no limit: pace to what it accepted in the last
             # minute (at least the cautious start's rate), rather than release every waiting
@@ -232,7 +228,6 @@ class ModelLimits:
             accepted = max(START_RPM, len(self._ok_times))
             quota = Quota(limit=accepted, remaining=0, reset_s=None)
             self.learned["requests"].observe(quota, seq=self._seq + 1, uncounted=0.0)
-            self.seen.setdefault("requests", quota)
 
     def _pace_of_requests(self) -> LeakyBucket | None:
         return self.job_buckets["requests"] or self.learned["requests"].pace
@@ -263,10 +258,6 @@ class ModelLimits:
             with anyio.move_on_after(self._next_probe_at - now):
                 await self._answered.wait()
 
-    def limits_seen(self) -> dict[str, int]:
-        """The last limit per minute each dimension's headers named."""
-        return {dimension: quota.limit for dimension, quota in self.seen.items()}
-
 
 class Limits:
     """The limits of every model of a job, made on first use inside the event loop."""
@@ -281,7 +272,3 @@ class Limits:
             limits = ModelLimits(model, config=self._job.model(model))
             self._by_model[model] = limits
         return limits
-
-    def learned(self) -> dict[str, dict[str, int]]:
-        """Per model, the limits its answers' headers named (for the run's summary)."""
-        return {name: m.limits_seen() for name, m in self._by_model.items() if m.seen}
