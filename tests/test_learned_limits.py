@@ -3,6 +3,7 @@ against the simulator that enforce a limit the job never names."""
 
 from __future__ import annotations
 
+import itertools
 import logging
 import textwrap
 import time
@@ -14,8 +15,11 @@ import pytest
 from helpers import job_text, write_job, write_tasks
 from hostile_fixtures import hostile, hostile_job, run_job
 from hostile_server import Answer, HostileServer, completion
+from virtual_clock import now, run_virtual
 
 import batchroute
+from batchroute.job import ModelConfig
+from batchroute.limits import ModelLimits
 from batchroute.ratelimit_headers import Quota, parse_duration, read_limit_headers
 from batchroute.results import read_calls, read_results
 from batchroute.sim import running_simulator
@@ -269,3 +273,45 @@ def test_after_a_429_every_row_waits_the_named_window(
     assert set(ran.results["status"]) == {"ok"}
     refused = ran.calls.filter(pl.col("status_code") == 429)
     assert refused.height <= 2, refused.select("row_id", "started_at")
+
+
+# ---- pacing to what the headers said, on a virtual clock -----------------------------------
+
+
+async def _times_after(quota: Quota, n: int, *, limits: str = "both") -> list[float]:
+    """A model told `quota` by its first answer; when each of `n` later calls goes out."""
+    model = ModelLimits("m", config=ModelConfig(limits=limits))  # type: ignore[arg-type]
+    async with model.call(prompt_tokens=1, max_tokens=1) as first:
+        model.observe(_openai_headers(quota), reservation=first, ok=True)
+    start, times = now(), []
+    for _ in range(n):
+        async with model.call(prompt_tokens=1, max_tokens=1):
+            times.append(now() - start)
+    return times
+
+
+def _openai_headers(quota: Quota) -> dict[str, str]:
+    return {
+        "x-ratelimit-limit-requests": str(quota.limit),
+        "x-ratelimit-remaining-requests": str(quota.remaining),
+        "x-ratelimit-reset-requests": f"{quota.reset_s}s",
+    }
+
+
+def test_spent_quota_refills_by_its_reset_not_at_the_limit() -> None:
+    # 6,000 rpm is 100 a second, but nothing remains and the quota is full again only in
+    # 120 s: 50 a second come free, and no faster is sent.
+    times, _ = run_virtual(_times_after, Quota(6000, 0, 120.0), 10)
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert gaps == pytest.approx([0.02] * 9, abs=1e-6)
+
+
+def test_a_fresh_quota_is_paced_at_the_limit() -> None:
+    times, _ = run_virtual(_times_after, Quota(600, 599, 0.1), 10)
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert gaps == pytest.approx([0.1] * 9, abs=1e-6)
+
+
+def test_limits_job_ignores_what_the_headers_say() -> None:
+    times, _ = run_virtual(_times_after, Quota(60, 0, 60.0), 5, limits="job")
+    assert times == pytest.approx([0.0] * 5, abs=1e-9)
