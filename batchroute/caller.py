@@ -298,7 +298,8 @@ class Caller:
         if reply is not None:
             quotas = limits.observe(reply.headers, reservation=reservation, ok=failure is None)
             if failure is not None and failure.status_code == 429:
-                limits.cool_down(self._cool_down_s(failure, reply.headers, attempt=attempt))
+                headers_read = reply.headers if limits.learning else {}
+                limits.cool_down(self._cool_down_s(failure, headers_read, attempt=attempt))
         if completion is not None:
             reservation.settle(completion.prompt_tokens, completion.completion_tokens)
         else:
@@ -339,7 +340,8 @@ class Caller:
         self, failure: CallFailure, headers: Mapping[str, str], *, attempt: int
     ) -> float:
         """How long a 429 stops the model: its Retry-After, else the soonest reset of a quota
-        it names as spent, else the backoff; never more than `run.max_retry_after_s`."""
+        it names as spent (unless `limits = "job"`, which reads no limit headers), else the
+        backoff; never more than `run.max_retry_after_s`."""
         wait = failure.retry_after_s
         if wait is None:
             quotas = read_limit_headers(headers).quotas.values()
