@@ -22,7 +22,7 @@ from batchroute.charges import Charges
 from batchroute.classify import classify, classify_transport_error
 from batchroute.completion import BadResponse, Completion, parse_completion
 from batchroute.control import RunControl
-from batchroute.dedupe import SharedCalls, deterministic
+from batchroute.dedupe import SharedCalls, deterministic, shared_records
 from batchroute.errors import (
     AuthRejected,
     BudgetReached,
@@ -34,7 +34,7 @@ from batchroute.errors import (
 from batchroute.job import Job
 from batchroute.limits import Limits, ModelLimits, Reservation
 from batchroute.prompts import Message, estimate_prompt_tokens
-from batchroute.ratelimit_headers import Quota, read_limit_headers
+from batchroute.ratelimit_headers import Quota, limit_of, read_limit_headers
 from batchroute.records import ANSWER, UNKNOWN, CallRecord
 from batchroute.redact import Redactor
 from batchroute.retry import RetryPolicy
@@ -148,7 +148,16 @@ class Caller:
             lambda: self._call_tier(first, messages_for=messages_for),
             shareable=lambda o: o.failure is None,
         )
-        return _shared_outcome(outcome, first) if shared else outcome
+        if not shared:
+            return outcome
+        records = shared_records(
+            outcome.records,
+            row_id=row_id,
+            tier=tier,
+            purpose=purpose,
+            shadow=shadow,
+        )
+        return replace(outcome, records=records)
 
     async def _call_tier(
         self,
@@ -327,10 +336,10 @@ class Caller:
             purpose=request.purpose,
             shadow=request.shadow,
             mean_logprob=completion.mean_logprob if completion is not None else None,
-            limit_requests=_limit(quotas, "requests"),
-            limit_tokens=_limit(quotas, "tokens"),
-            limit_input_tokens=_limit(quotas, "input_tokens"),
-            limit_output_tokens=_limit(quotas, "output_tokens"),
+            limit_requests=limit_of(quotas, "requests"),
+            limit_tokens=limit_of(quotas, "tokens"),
+            limit_input_tokens=limit_of(quotas, "input_tokens"),
+            limit_output_tokens=limit_of(quotas, "output_tokens"),
             tool_calls=completion.tool_calls if completion is not None else None,
         )
         answer = completion.text if completion is not None and failure is None else None
@@ -367,33 +376,6 @@ def _read_completion(
         reason = f"refused: {refusal}" if refusal else "empty answer"
         return completion, CallFailure(FailureKind.FALLBACK, "no_content", _server_line(reason))
     return completion, None
-
-
-def _limit(quotas: Mapping[str, Quota], dimension: str) -> int | None:
-    """The limit per minute the answer named for `dimension`, for the call's record."""
-    quota = quotas.get(dimension)
-    return quota.limit if quota is not None else None
-
-
-def _shared_outcome(outcome: TierOutcome, request: CallRequest) -> TierOutcome:
-    """Another row's answer, as this row records it: the answering call, marked `deduped`,
-    its charge moved to `shared_charge_usd` so that it is counted once."""
-    answered = outcome.records[-1:]
-    records = [
-        replace(
-            record,
-            row_id=request.row_id,
-            tier=request.tier,
-            purpose=request.purpose,
-            shadow=request.shadow,
-            cached=False,
-            deduped=True,
-            charge_usd=None,
-            shared_charge_usd=record.charge_usd,
-        )
-        for record in answered
-    ]
-    return replace(outcome, records=records)
 
 
 def _skipped(reason: RunStopped) -> CallFailure:

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import replace
 from typing import Any, Generic, TypeVar
 
 import anyio
 
-__all__ = ["SharedCalls", "deterministic"]
+from batchroute.records import CallRecord
+
+__all__ = ["SharedCalls", "deterministic", "shared_records"]
 
 T = TypeVar("T")
 
@@ -84,3 +87,24 @@ class SharedCalls(Generic[T]):
             else:
                 del self._calls[key]
             pending.done.set()
+
+
+def shared_records(
+    records: list[CallRecord], *, row_id: object, tier: int, purpose: str, shadow: bool
+) -> list[CallRecord]:
+    """Another row's answer, as this row records it: the answering call, marked `deduped`,
+    its charge moved to `shared_charge_usd` so that it is counted once."""
+    return [
+        replace(
+            record,
+            row_id=row_id,
+            tier=tier,
+            purpose=purpose,
+            shadow=shadow,
+            cached=False,
+            deduped=True,
+            charge_usd=None,
+            shared_charge_usd=record.charge_usd,
+        )
+        for record in records[-1:]
+    ]

@@ -16,7 +16,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-__all__ = ["DIMENSIONS", "LimitHeaders", "Quota", "parse_duration", "read_limit_headers"]
+__all__ = [
+    "DIMENSIONS",
+    "LimitHeaders",
+    "Quota",
+    "limit_of",
+    "parse_duration",
+    "read_limit_headers",
+]
 
 # What a limit counts: requests, all tokens, or (Anthropic) input and output tokens apart.
 DIMENSIONS = ("requests", "tokens", "input_tokens", "output_tokens")
@@ -133,3 +140,9 @@ def _go_duration(text: str) -> float | None:
     if not parts or "".join(number + unit for number, unit in parts) != text:
         return None
     return sum(float(number) * _UNIT_S[unit] for number, unit in parts)
+
+
+def limit_of(quotas: Mapping[str, Quota], dimension: str) -> int | None:
+    """The limit per minute `quotas` name for `dimension`, or None."""
+    quota = quotas.get(dimension)
+    return quota.limit if quota is not None else None
