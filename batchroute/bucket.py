@@ -65,8 +65,24 @@ class LeakyBucket:
         self._level = max(0.0, self._level + (actual - reserved))
         self._wake()
 
+    def retune(self, capacity: float, *, per_second: float) -> None:
+        """Change the capacity and leak rate from now on (a limit learned or revised)."""
+        if capacity <= 0 or per_second <= 0:
+            raise ValueError("a bucket needs a positive capacity and leak rate")
+        self._leak()
+        self.capacity, self.per_second = capacity, per_second
+        self._wake()
+
+    def set_level(self, level: float) -> None:
+        """Set the capacity in use, as a server's count says it is; may exceed the capacity
+        (more in flight than the server has room for), so the next caller waits longer."""
+        self._leak()
+        self._level = max(0.0, level)
+        self._wake()
+
     def _fits(self, amount: float) -> bool:
-        return self._level + amount <= self.capacity + _EPSILON
+        # A waiter queued before `retune` shrank the bucket below its amount fits when empty.
+        return self._level + min(amount, self.capacity) <= self.capacity + _EPSILON
 
     def _leak(self) -> None:
         now = self._loop.time()
@@ -95,5 +111,6 @@ class LeakyBucket:
             self._timer = None
         if self._waiters:
             amount = self._waiters[0][0]
-            delay = max(0.0, (self._level + amount - self.capacity) / self.per_second)
+            excess = self._level + min(amount, self.capacity) - self.capacity
+            delay = max(0.0, excess / self.per_second)
             self._timer = self._loop.call_later(delay, self._wake)

@@ -8,7 +8,6 @@ place; what an answer means is decided once, in `classify`.
 from __future__ import annotations
 
 import logging
-import math
 import random
 import time
 from collections.abc import Callable, Mapping
@@ -20,8 +19,11 @@ import anyio
 
 from batchroute.batch.collector import BatchCollector
 from batchroute.budget import Budget
+from batchroute.charges import Charges
+from batchroute.classify import classify, classify_transport_error
 from batchroute.completion import BadResponse, Completion, parse_completion
 from batchroute.control import RunControl
+from batchroute.dedupe import SharedCalls, deterministic, shared_records
 from batchroute.errors import (
     AuthRejected,
     BudgetReached,
@@ -31,25 +33,22 @@ from batchroute.errors import (
     one_line,
 )
 from batchroute.job import Job
-from batchroute.limits import Limits, TokenReservation
+from batchroute.limits import Limits, ModelLimits, Reservation
 from batchroute.prompts import Message, estimate_prompt_tokens
-from batchroute.records import ANSWER, HEADER, INVALID_HEADER, PRICE_TABLE, UNKNOWN, CallRecord
+from batchroute.ratelimit_headers import Quota, limit_of, read_limit_headers
+from batchroute.records import ANSWER, UNKNOWN, CallRecord
 from batchroute.redact import Redactor
-from batchroute.retry import RetryPolicy, parse_retry_after
+from batchroute.retry import RetryPolicy
 from batchroute.store import CallCache, StoredCall
 from batchroute.transport import (
     Reply,
-    ResponseTooLarge,
     Transport,
     TransportError,
-    TransportTimeout,
 )
 
-# Codes that mean "this model cannot take this request, another might" rather than "the
-# request is wrong": the fallback model may have a longer context or actually exist.
-_FALLBACK_ERROR_CODES = {"context_length_exceeded", "model_not_found"}
-
 log = logging.getLogger("batchroute")
+
+__all__ = ["Caller", "TierOutcome", "classify", "classify_transport_error"]
 
 
 @dataclass(slots=True)
@@ -63,54 +62,6 @@ class TierOutcome:
     failure: CallFailure | None = None
 
 
-def classify(reply: Reply, *, redact: Callable[[str], str] = str) -> CallFailure | None:
-    """What an HTTP answer means for the call: None for a 2xx, else what to do about it.
-
-    The only place that decides; both transports' answers come through here. The server's
-    message passes `redact` before it is cut to one line, so no part of a secret survives.
-    """
-    status = reply.status
-    if 200 <= status < 300:
-        return None
-    error = reply.error
-    message = _server_line(redact(str(error.get("message") or reply.text or f"HTTP {status}")))
-    error_kind = f"http_{status}"
-    if status in (401, 403):
-        return CallFailure(FailureKind.FATAL, error_kind, message, status)
-    if status == 402 or error.get("code") == "insufficient_quota":
-        # Out of credit (OpenAI says so with a 429 and this code): every later call would get
-        # the same answer, so retrying only burns time.
-        return CallFailure(FailureKind.FATAL, error_kind, message, status)
-    if status in (408, 409, 429) or status >= 500:
-        # 408/409 are transient by convention (the openai SDK's own retry list); 429 and 5xx
-        # say "later", and when the server says how much later we honour it.
-        retry_after = parse_retry_after(reply.headers)
-        return CallFailure(FailureKind.RETRYABLE, error_kind, message, status, retry_after)
-    if status == 404 or error.get("code") in _FALLBACK_ERROR_CODES:
-        return CallFailure(FailureKind.FALLBACK, error_kind, message, status)
-    return CallFailure(FailureKind.ROW, error_kind, message, status)
-
-
-def classify_transport_error(exc: TransportError) -> CallFailure:
-    """No usable HTTP answer: a timeout or a failed connection, both worth another try, or a
-    body over the size cap."""
-    if isinstance(exc, ResponseTooLarge):
-        # Not retried: the same request to the same model would most likely bring the same
-        # oversized answer, paid again each time; another model (a fallback) may answer
-        # within the cap, so it moves on as a model that cannot serve the request does.
-        return CallFailure(FailureKind.FALLBACK, "response_too_large", str(exc))
-    if isinstance(exc, TransportTimeout):
-        return CallFailure(FailureKind.RETRYABLE, "timeout", "request timed out")
-    return CallFailure(FailureKind.RETRYABLE, "connection", _server_line(str(exc)))
-
-
-class _Invalid:
-    """A header that was sent but is not a usable amount."""
-
-
-_INVALID = _Invalid()
-
-
 @dataclass(frozen=True, slots=True)
 class CallRequest:
     """One call to make: for which row and tier, to which model, with what, and why."""
@@ -122,15 +73,6 @@ class CallRequest:
     params: dict[str, Any]
     purpose: str = ANSWER
     shadow: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Charge:
-    """What one call cost and where that figure came from; the balance it reported."""
-
-    usd: float | None
-    source: str
-    balance_usd: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,8 +114,11 @@ class Caller:
             max_retry_after_s=job.run.max_retry_after_s,
         )
         self._endpoints = job.all_endpoints()
-        self._warned: set[tuple[str, str]] = set()  # (endpoint, header) warned about this run
         self._redact = Redactor.from_job(job)
+        self._charges = Charges(job, control=control, budget=budget)
+        self._shared: SharedCalls[TierOutcome] | None = (
+            SharedCalls() if job.run.dedupe == "auto" else None
+        )
 
     async def call_tier(
         self,
@@ -185,21 +130,55 @@ class Caller:
         params: dict[str, Any],
         purpose: str = ANSWER,
         shadow: bool = False,
+        messages_for: Callable[[str], list[Message] | None] | None = None,
     ) -> TierOutcome:
         """Try `model`, retrying what is retryable, then each of its fallbacks in order.
 
-        A stored answer for the model or one of its fallbacks is used before any HTTP call:
-        on resume that is the answer this run already paid for. Every record carries
-        `purpose` and `shadow`, the reason the call was made.
+        `messages_for(model)` gives a fallback model its own messages (its own templates);
+        None for a model skips it (its templates cannot render the row).
+
+        An identical deterministic request of this run already answered (or in flight) is
+        shared, not sent again (`run.dedupe`). A stored answer for the model or one of its
+        fallbacks is used before any HTTP call: on resume that is the answer this run already
+        paid for. Every record carries `purpose` and `shadow`, the reason the call was made.
         """
-        outcome = TierOutcome()
         first = CallRequest(row_id, tier, model, messages, params, purpose, shadow)
-        candidates = [
-            replace(first, model=name) for name in (model, *self._job.model(model).fallbacks)
-        ]
+        if self._shared is None or not deterministic(params):
+            return await self._call_tier(first, messages_for=messages_for)
+        key = self._cache.key(model, messages, params)
+        outcome, shared = await self._shared.once(
+            key,
+            lambda: self._call_tier(first, messages_for=messages_for),
+            shareable=lambda o: o.failure is None,
+        )
+        if not shared:
+            return outcome
+        records = shared_records(
+            outcome.records,
+            row_id=row_id,
+            tier=tier,
+            purpose=purpose,
+            shadow=shadow,
+        )
+        return replace(outcome, records=records)
+
+    async def _call_tier(
+        self,
+        first: CallRequest,
+        *,
+        messages_for: Callable[[str], list[Message] | None] | None = None,
+    ) -> TierOutcome:
+        outcome = TierOutcome()
+        params = first.params
+        candidates = [first]
+        for name in self._job.model(first.model).fallbacks:
+            own = messages_for(name) if messages_for is not None else first.messages
+            if own is not None:
+                candidates.append(replace(first, model=name, messages=own))
         if self._cache.reads:
             for position, request in enumerate(candidates):
-                stored = await self._cache.find(self._cache.key(request.model, messages, params))
+                key = self._cache.key(request.model, request.messages, params)
+                stored = await self._cache.find(key)
                 if stored is not None:
                     outcome.records.append(self._replayed(stored, request))
                     outcome.answer, outcome.model = stored.answer, request.model
@@ -226,7 +205,7 @@ class Caller:
                     outcome.failure = None  # earlier attempts' failures were overcome
                     if self._cache.writes:
                         # Hashed here, for the model that answered, not for every fallback.
-                        key = self._cache.key(request.model, messages, params)
+                        key = self._cache.key(request.model, request.messages, params)
                         await self._cache.remember(
                             _to_store(key, result.record, result.answer, self._cache.run_id)
                         )
@@ -239,6 +218,8 @@ class Caller:
                     return outcome
                 if failure.kind is FailureKind.FALLBACK:
                     break
+                if failure.status_code == 429:
+                    continue  # the model's cool-down, which the next attempt waits for
                 if attempt < self._policy.max_attempts:
                     delay = self._policy.delay(
                         attempt, retry_after_s=failure.retry_after_s, rng=self._rng
@@ -295,7 +276,15 @@ class Caller:
                 return await self._send(request, attempt=attempt, collector=collector)
             finally:
                 self._budget.release(cost_estimate)
-        async with self._limits[request.model].call(prompt_tokens + max_tokens) as reservation:
+        limits = self._limits[request.model]
+        if (wait := limits.cool_down_left()) > 0:
+            # After a 429 the whole model waits; not a bare sleep, so a stop ends the wait.
+            with anyio.move_on_after(wait):
+                await self._control.stopping.wait()
+            if self._control.stop_error is not None:
+                return _Attempt(None, failure=_skipped(self._control.stop_error))
+        calling = limits.call(prompt_tokens=prompt_tokens, max_tokens=max_tokens)
+        async with calling as reservation:
             # Admitted after the limiter's wait, right before sending: the spend is current.
             cost_estimate = await self._budget.admit(
                 request.model, prompt_tokens=prompt_tokens, max_tokens=max_tokens
@@ -304,7 +293,9 @@ class Caller:
                 assert self._control.stop_error is not None
                 return _Attempt(None, failure=_skipped(self._control.stop_error))
             try:
-                return await self._send(request, attempt=attempt, reservation=reservation)
+                return await self._send(
+                    request, attempt=attempt, limits=limits, reservation=reservation
+                )
             finally:
                 # Also when cancelled mid-call (an interrupt): the estimate leaves the books.
                 self._budget.release(cost_estimate)
@@ -314,7 +305,8 @@ class Caller:
         request: CallRequest,
         *,
         attempt: int,
-        reservation: TokenReservation | None = None,
+        limits: ModelLimits | None = None,
+        reservation: Reservation | None = None,
         collector: BatchCollector | None = None,
     ) -> _Attempt:
         """One attempt, online or (`collector`) as a line of a batch; recorded the same way."""
@@ -341,10 +333,19 @@ class Caller:
             # A server may echo the request's Authorization header or the key in its error;
             # the message goes to the calls table, the row's error and the terminal.
             failure = replace(failure, message=self._redact(failure.message))
+        quotas: dict[str, Quota] = {}
+        if reply is not None and limits is not None and reservation is not None:
+            quotas = limits.observe(reply.headers, reservation=reservation, ok=failure is None)
+            if failure is not None and failure.status_code == 429:
+                headers_read = reply.headers if limits.learning else {}
+                limits.cool_down(self._cool_down_s(failure, headers_read, attempt=attempt))
         if reservation is not None:
-            reservation.settle(completion.total_tokens if completion is not None else None)
+            if completion is not None:
+                reservation.settle(completion.prompt_tokens, completion.completion_tokens)
+            else:
+                reservation.settle(None, None)
         factor = self._job.model(request.model).batch_price_factor if collector else 1.0
-        charge = self._charge(request.model, headers, completion, factor=factor)
+        charge = self._charges.of(request.model, headers, completion, factor=factor)
         record = CallRecord(
             row_id=request.row_id,
             tier=request.tier,
@@ -367,72 +368,30 @@ class Caller:
             purpose=request.purpose,
             shadow=request.shadow,
             mean_logprob=completion.mean_logprob if completion is not None else None,
+            limit_requests=limit_of(quotas, "requests"),
+            limit_tokens=limit_of(quotas, "tokens"),
+            limit_input_tokens=limit_of(quotas, "input_tokens"),
+            limit_output_tokens=limit_of(quotas, "output_tokens"),
+            tool_calls=completion.tool_calls if completion is not None else None,
         )
         answer = completion.text if completion is not None and failure is None else None
         return _Attempt(record, answer, failure)
 
-    def _charge(
-        self,
-        model: str,
-        headers: Mapping[str, str],
-        completion: Completion | None,
-        *,
-        factor: float = 1.0,
-    ) -> Charge:
-        """The provider's charge header when sent, else the price table times usage (times a
-        batch tier's `factor`); booked on the budget once, here."""
-        endpoint_name = self._job.endpoint_name(model)
-        endpoint = self._endpoints[endpoint_name]
-        charged = self._money_header(headers, endpoint.charge_header, endpoint_name)
-        # A balance that is not a number is ignored: it must neither stop nor unstop the run.
-        sent_balance = self._money_header(headers, endpoint.balance_header, endpoint_name)
-        balance = sent_balance if isinstance(sent_balance, float) else None
-        self._control.note_balance(endpoint_name, balance)
-        self._budget.note_balance(balance)
-        if isinstance(charged, float):
-            self._budget.add_spend(model, charged)
-            return Charge(charged, HEADER, balance)
-        prices = self._job.model(model).usd_per_mtok
-        usd = None
-        if prices is not None and completion is not None and completion.prompt_tokens is not None:
-            usd = prices.cost(
-                completion.prompt_tokens, completion.completion_tokens or 0, factor=factor
-            )
-        if charged is _INVALID:
-            # Summing a NaN or a negative charge would blind the budget or widen it: count the
-            # call as the dearest seen (or its price, if dearer), and say where it came from.
-            self._budget.add_doubtful_spend(model, usd)
-            return Charge(usd, INVALID_HEADER, balance)
-        if usd is not None:
-            self._budget.add_spend(model, usd)
-            return Charge(usd, PRICE_TABLE, balance)
-        return Charge(None, UNKNOWN, balance)
-
-    def _money_header(
-        self, headers: Mapping[str, str], name: str, endpoint: str
-    ) -> float | _Invalid | None:
-        """An amount in USD from a header: None when absent, _INVALID (warned about once per
-        run and header) when it is not a finite, non-negative number."""
-        raw = headers.get(name)
-        if raw is None:
-            return None
-        try:
-            value = float(raw)
-        except ValueError:
-            value = math.nan
-        if math.isfinite(value) and value >= 0:
-            return value
-        if (endpoint, name) not in self._warned:
-            self._warned.add((endpoint, name))
-            log.warning(
-                "endpoint %s sent %s: %r, not an amount in USD; such values are ignored (a"
-                " charge is taken from the price table, else unknown, and the budget counts"
-                " the call as the dearest seen)",
-                endpoint,
-                name,
-                _server_line(raw)[:40],
-            )
-        return _INVALID
+    def _cool_down_s(
+        self, failure: CallFailure, headers: Mapping[str, str], *, attempt: int
+    ) -> float:
+        """How long a 429 stops the model: its Retry-After, else the soonest reset of a quota
+        it names as spent (unless `limits = "job"`, which reads no limit headers), else the
+        backoff; never more than `run.max_retry_after_s`."""
+        wait = failure.retry_after_s
+        if wait is None:
+            quotas = read_limit_headers(headers).quotas.values()
+            resets = [q.reset_s for q in quotas if q.remaining == 0 and q.reset_s is not None]
+            if resets:
+                wait = min(resets)
+        if wait is None:
+            wait = self._policy.delay(attempt, retry_after_s=None, rng=self._rng)
+        return min(wait, self._policy.max_retry_after_s)
 
 
 def _read_completion(

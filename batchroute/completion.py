@@ -8,6 +8,7 @@ like a 5xx), so nothing malformed reaches the records, the budget or the store.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +33,7 @@ class Completion:
     mean_logprob: float | None  # of the answer's tokens, when logprobs were asked for
     request_id: str | None
     refusal: str | None = None
+    tool_calls: str | None = None  # the message's tool calls, as JSON, when it made any
 
     @property
     def total_tokens(self) -> int | None:
@@ -60,6 +62,9 @@ def parse_completion(body: Any, *, request_id: str | None) -> Completion:
     if not isinstance(message, dict):
         raise BadResponse("choices[0].message is not an object")
     text = _content(message.get("content"))
+    tool_calls = _tool_calls(message.get("tool_calls"))
+    if text is None and tool_calls is not None:
+        text = ""  # a tool call is an answer: its calls are in `tool_calls`
     refusal = message.get("refusal") if text is None else None
     # issue 7 (real peers): LiteLLM and llmock send no x-request-id header; the completion's
     # own id is the request id they log.
@@ -73,7 +78,18 @@ def parse_completion(body: Any, *, request_id: str | None) -> Completion:
         mean_logprob=_mean_logprob(choice),
         request_id=request_id[:_MAX_ID_CHARS] if request_id is not None else None,
         refusal=str(refusal)[:300] if isinstance(refusal, str) and refusal else None,
+        tool_calls=tool_calls,
     )
+
+
+def _tool_calls(value: Any) -> str | None:
+    """The message's tool calls as JSON text; None when it made none. Each must be an object
+    (the server's JSON is re-serialised, so what is kept is valid JSON)."""
+    if value is None or value == []:
+        return None
+    if not isinstance(value, list) or not all(isinstance(call, dict) for call in value):
+        raise BadResponse(f"message.tool_calls is not a list of objects: {_show(value)}")
+    return json.dumps(value, ensure_ascii=False)
 
 
 def _count(value: Any, name: str) -> int | None:

@@ -16,7 +16,7 @@ from batchroute.checks import GraderError, Subject, Verdict
 from batchroute.classifier import Classifier, PendingPlan
 from batchroute.errors import FailureKind
 from batchroute.job import Job
-from batchroute.prompts import BadRowInput, Message, build_messages
+from batchroute.prompts import BadRowInput, Message, PromptTemplate, build_messages
 from batchroute.records import CLASSIFIER, FAILED, JUDGE, OK, REPAIR, SKIPPED, RowResult
 from batchroute.repair import repair_messages, repairable
 from batchroute.router import Plan, Routed
@@ -33,6 +33,7 @@ class Executor:
         self._messages_column = job.input.messages
         self._shadow = ShadowPolicy.from_job(job)
         self._repair_attempts = job.run.repair_attempts
+        self._job = job
 
     async def run_row(self, row_id: object, row: Mapping[str, Any], plan: Routed) -> RowResult:
         result = RowResult(row_id=row_id, plan=plan.name, rule=plan.rule)
@@ -110,8 +111,18 @@ class Executor:
         verdicts: dict[str, Verdict] = {}
         for tier, model in enumerate(plan.tiers):
             result.tiers_tried.append(model)
+            try:
+                tier_messages = self._model_messages(model, row=row, default=messages)
+            except BadRowInput as exc:
+                result.status, result.error = FAILED, f"bad input for {model}: {exc}"
+                return verdicts
             outcome = await self._caller.call_tier(
-                row_id, tier=tier, model=model, messages=messages, params=plan.params
+                row_id,
+                tier=tier,
+                model=model,
+                messages=tier_messages,
+                params=plan.params,
+                messages_for=lambda name: self._fallback_messages(name, row=row, default=messages),
             )
             result.calls.extend(outcome.records)
             if outcome.failure is not None:
@@ -198,6 +209,30 @@ class Executor:
                 result.repaired = True
                 break
         return outcome, verdict
+
+    def _model_messages(
+        self, model: str, *, row: Mapping[str, Any], default: list[Message]
+    ) -> list[Message]:
+        """The row's messages for `model`: its own templates (`models.X.prompt`/`system`)
+        over [input]'s, else the row's messages as built once."""
+        config = self._job.model(model)
+        if config.prompt is None and config.system is None:
+            return default
+        return build_messages(
+            row,
+            prompt=PromptTemplate.parse(config.prompt) if config.prompt else self._prompt,
+            system=PromptTemplate.parse(config.system) if config.system else self._system,
+            messages_column=None if config.prompt else self._messages_column,
+        )
+
+    def _fallback_messages(
+        self, model: str, *, row: Mapping[str, Any], default: list[Message]
+    ) -> list[Message] | None:
+        """A fallback model's messages; None when its own templates cannot render the row."""
+        try:
+            return self._model_messages(model, row=row, default=default)
+        except BadRowInput:
+            return None
 
     async def _run_shadow(
         self,

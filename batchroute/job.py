@@ -146,6 +146,11 @@ class Prices(_Section):
 class ModelConfig(_Section):
     rpm: Annotated[int, Field(gt=0)] | None = None
     tpm: Annotated[int, Field(gt=0)] | None = None
+    itpm: Annotated[int, Field(gt=0)] | None = None  # input tokens per minute (Anthropic's)
+    otpm: Annotated[int, Field(gt=0)] | None = None  # output tokens per minute
+    # Where limits come from: the job's keys, the answers' rate-limit headers, or both (the
+    # lower wins).
+    limits: Literal["headers", "job", "both"] = "both"
     max_concurrency: Annotated[int, Field(gt=0)] | None = None
     usd_per_mtok: Prices | None = None
     fallbacks: tuple[str, ...] = ()
@@ -159,6 +164,18 @@ class ModelConfig(_Section):
     # The provider's limits per input file (OpenAI's); a larger batch is split.
     batch_max_requests: Annotated[int, Field(gt=0)] = 50_000
     batch_max_bytes: Annotated[int, Field(gt=0)] = 200 * 1024 * 1024
+
+    # This model's own prompt templates, over [input]'s (a fallback or tier that needs
+    # another wording); placeholders name columns, as in [input].
+    prompt: str | None = None
+    system: str | None = None
+
+    @field_validator("prompt", "system")
+    @classmethod
+    def _template_parses(cls, value: str | None) -> str | None:
+        if value is not None:
+            PromptTemplate.parse(value)
+        return value
 
 
 # What a model without a [models] table gets: no limits, prices or fallbacks. One shared
@@ -191,15 +208,33 @@ class Params(_Section):
     seed: int | None = None
     response_format: ResponseFormat | None = None
     logprobs: bool | None = None  # ask for token logprobs (a `confidence` check can read them)
+    # The rest of the chat API's parameters, sent as written. Named here (not any key at all)
+    # so that a misspelled key is still an error; anything else goes in `extra_body`.
+    max_completion_tokens: Annotated[int, Field(gt=0)] | None = None
+    stop: str | list[str] | None = None
+    n: Annotated[int, Field(gt=0)] | None = None
+    presence_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
+    frequency_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
+    logit_bias: dict[str, float] | None = None
+    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    reasoning_effort: str | None = None
+    service_tier: str | None = None
+    user: str | None = None
+    extra_body: dict[str, Any] | None = None  # merged into the request body as is
 
     def to_wire(self) -> dict[str, Any]:
         wire: dict[str, Any] = {}
-        for key in ("max_tokens", "temperature", "top_p", "seed", "logprobs"):
+        for key in type(self).model_fields:
             value = getattr(self, key)
-            if value is not None:
+            if value is not None and key not in ("response_format", "extra_body"):
                 wire[key] = value
         if self.response_format is not None:
             wire["response_format"] = self.response_format.to_wire()
+        if self.extra_body is not None:
+            wire |= self.extra_body
         return wire
 
 
@@ -312,6 +347,8 @@ class RunConfig(_Section):
     repair_attempts: Annotated[int, Field(ge=0, le=5)] = 0
     # A batch tier whose completion window ends after this runs online ("6h", "90m", "1d").
     deadline: Annotated[str, AfterValidator(_duration)] | None = None
+    # Identical deterministic requests of a run share one call ("auto"), or each is sent.
+    dedupe: Literal["auto", "off"] = "auto"
 
 
 class StoreConfig(_Section):
@@ -462,6 +499,9 @@ _NOT_KEYED_ENDPOINT = ("timeout_s", "transport", "api_key_env")
 _NOT_KEYED_MODEL = (
     "rpm",
     "tpm",
+    "itpm",
+    "otpm",
+    "limits",
     "max_concurrency",
     "batch_fallback",
     "batch_max_requests",

@@ -41,6 +41,11 @@ class RunStats:
     top_tier: str | None = None
     balances_usd: dict[str, float] = field(default_factory=dict)  # by endpoint name
     routes: RouteStats = field(default_factory=RouteStats)  # per rule, label or plan
+    # Per model, the latest limits per minute its answers' rate-limit headers named.
+    limits_seen: dict[str, dict[str, int]] = field(default_factory=dict)
+    rate_limited: int = 0  # calls answered 429
+    deduped_rows: int = 0  # rows answered by another row's identical call
+    shared_usd: float = 0.0  # what those calls cost, paid once by the rows that made them
 
     def add(self, result: RowResult, *, top_tier_cost: float | None) -> None:
         self.routes.add(result)
@@ -56,11 +61,22 @@ class RunStats:
         self.repair_cost_usd += sum(
             c.charge_usd or 0.0 for c in result.charged_calls if c.purpose == REPAIR
         )
-        self.calls += len(result.calls)
+        self.calls += sum(not c.deduped for c in result.calls)
+        self.deduped_rows += result.deduped
+        self.shared_usd += result.shared_cost_usd or 0.0
         self.cost_usd += result.cost_usd or 0.0
         self.priced_rows += any(c.charge_usd is not None for c in result.charged_calls)
         self.unknown_cost_rows += result.cost_partly_unknown
         self.cached_usd += sum(c.charge_usd or 0.0 for c in result.calls if c.cached)
+        for call in result.calls:
+            self.rate_limited += call.status_code == 429
+            named = {
+                dimension: value
+                for dimension in ("requests", "tokens", "input_tokens", "output_tokens")
+                if (value := getattr(call, f"limit_{dimension}")) is not None
+            }
+            if named:
+                self.limits_seen[call.model] = named
         if self.top_tier_cost_usd is not None and result.status != SKIPPED:
             if top_tier_cost is None:
                 self.top_tier_cost_usd = None
@@ -112,6 +128,10 @@ class RunStats:
             "routes": self.routes.as_dict(),
             "unknown_labels": self.routes.unknown_labels,
             "shadow_cost_usd": self.routes.shadow_cost_usd,
+            "limits_seen": self.limits_seen,
+            "rate_limited_calls": self.rate_limited,
+            "deduped_rows": self.deduped_rows,
+            "dedupe_saved_usd": self.shared_usd,
         }
 
     def summary_line(self) -> str:
@@ -149,6 +169,15 @@ class RunStats:
             parts.append(f"{self.routes.unknown_labels} unknown labels sent to the default")
         if self.routes.shadow_cost_usd:
             parts.append(f"shadow sampling ${self.routes.shadow_cost_usd:.4f} (not in the total)")
+        for model, seen in self.limits_seen.items():
+            named = ", ".join(f"{value:,} {_PER_MINUTE[dim]}" for dim, value in seen.items())
+            parts.append(f"{model} limits {named}")
+        if self.deduped_rows:
+            parts.append(
+                f"{self.deduped_rows} identical rows shared a call (saved ${self.shared_usd:.4f})"
+            )
+        if self.rate_limited:
+            parts.append(f"{self.rate_limited} calls answered 429")
         for endpoint, balance in self.balances_usd.items():
             name = "" if endpoint == "default" else f" ({endpoint})"
             parts.append(f"balance{name} ${balance:.2f}")
@@ -157,6 +186,14 @@ class RunStats:
         shown = f"{rate:.0f}" if rate >= 10 else f"{rate:.2g}"
         parts.append(f"{self.elapsed_s:.1f}s ({shown} rows/s)")
         return "; ".join(parts)
+
+
+_PER_MINUTE = {
+    "requests": "rpm",
+    "tokens": "tpm",
+    "input_tokens": "itpm",
+    "output_tokens": "otpm",
+}
 
 
 def _per_1k(cost_per_row: float | None, *, partly_unknown: bool) -> str:
@@ -222,8 +259,10 @@ def top_tier_cost(result: RowResult, *, job: Job, top: str | None) -> float | No
     if top is None:
         return None
     for call in result.answer_calls:  # not the classifier's, a judge's or a shadow call
-        if call.model == top and call.ok and call.charge_usd is not None:
-            return call.charge_usd
+        # A shared answer (deduped) cost what the row that made the call paid.
+        charge = call.shared_charge_usd if call.deduped else call.charge_usd
+        if call.model == top and call.ok and charge is not None:
+            return charge
     prices = job.model(top).usd_per_mtok
     if prices is None:
         return None

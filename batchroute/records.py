@@ -49,6 +49,17 @@ class CallRecord:
     purpose: str = ANSWER
     shadow: bool = False
     mean_logprob: float | None = None  # of the answer's tokens, when logprobs were asked for
+    # The limits per minute the answer's rate-limit headers named (requests, tokens, input
+    # tokens, output tokens), when it named them.
+    limit_requests: int | None = None
+    limit_tokens: int | None = None
+    limit_input_tokens: int | None = None
+    limit_output_tokens: int | None = None
+    # Another row's identical request answered this one (run.dedupe): no call was made for
+    # this row; the charge of the shared call is in `shared_charge_usd`, not `charge_usd`.
+    deduped: bool = False
+    shared_charge_usd: float | None = None
+    tool_calls: str | None = None  # the answer's tool calls, as JSON
 
     @property
     def ok(self) -> bool:
@@ -88,8 +99,26 @@ class RowResult:
 
     @property
     def charged_calls(self) -> list[CallRecord]:
-        """The calls charged to the row: all but shadow sampling's."""
-        return [c for c in self.calls if not c.shadow]
+        """The calls charged to the row: all but shadow sampling's and answers shared from
+        another row's call (which that row paid for)."""
+        return [c for c in self.calls if not c.shadow and not c.deduped]
+
+    @property
+    def deduped(self) -> bool:
+        """The row's answer came from another row's identical call."""
+        return any(c.deduped and not c.shadow for c in self.calls)
+
+    @property
+    def tool_calls(self) -> str | None:
+        """The tool calls of the call that gave the final answer, as JSON."""
+        answered = [c for c in self.calls if c.purpose == ANSWER and not c.shadow and c.ok]
+        return answered[-1].tool_calls if answered and self.answer is not None else None
+
+    @property
+    def shared_cost_usd(self) -> float | None:
+        """What the calls this row shared cost the rows that made them; None when none."""
+        shared = [c for c in self.calls if c.deduped and not c.shadow]
+        return sum(c.shared_charge_usd or 0.0 for c in shared) if shared else None
 
     @property
     def answer_calls(self) -> list[CallRecord]:
@@ -160,6 +189,14 @@ def call_schema(id_dtype: pl.DataType) -> dict[str, pl.DataType]:
         "purpose": pl.String(),
         "shadow": pl.Boolean(),
         "mean_logprob": pl.Float64(),
+        # learned limits
+        "limit_requests": pl.Int64(),
+        "limit_tokens": pl.Int64(),
+        "limit_input_tokens": pl.Int64(),
+        "limit_output_tokens": pl.Int64(),
+        "deduped": pl.Boolean(),
+        "shared_charge_usd": pl.Float64(),
+        "tool_calls": pl.String(),
     }
 
 
@@ -196,6 +233,10 @@ def result_schema(
         # repair turns
         "repairs": pl.Int32(),
         "repaired": pl.Boolean(),
+        # identical requests shared
+        "deduped": pl.Boolean(),
+        "shared_cost_usd": pl.Float64(),
+        "tool_calls": pl.String(),  # the final answer's tool calls, as JSON
     }
     if parser is not None:
         schema[PARSED] = parser.dtype
@@ -242,6 +283,9 @@ def results_frame(
         columns["shadow_cost_usd"].append(r.shadow_cost_usd)
         columns["repairs"].append(r.repairs)
         columns["repaired"].append(r.repaired)
+        columns["deduped"].append(r.deduped)
+        columns["shared_cost_usd"].append(r.shared_cost_usd)
+        columns["tool_calls"].append(r.tool_calls)
     frame = pl.DataFrame(columns, schema=schema)
     if parser is not None:
         frame = frame.with_columns(parser.parse([r.answer for r in results]))

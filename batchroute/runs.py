@@ -117,6 +117,10 @@ def read_run(path: Path | str) -> Run:
         calls = read_calls(path)
     except FileNotFoundError:
         raise DatasetError(f"{path}: its calls file is missing (metadata: calls_file)") from None
+    if "deduped" in calls.columns:
+        # A row answered by another row's identical call made no call of its own: its record
+        # says so, and its charge was paid (and is counted) once, by the row that made it.
+        calls = calls.filter(~pl.col("deduped").fill_null(False))
     return Run(path=path, results=pl.read_parquet(path), calls=calls, metadata=metadata)
 
 

@@ -117,3 +117,52 @@ def test_more_than_the_capacity_can_never_fit() -> None:
             await bucket.acquire(11)
 
     run_virtual(scenario)
+
+
+# ---- retuned and re-levelled from a server's headers ----------------------------------------
+
+
+def test_retune_changes_the_pace_of_waiters_already_queued() -> None:
+    # 10/s, full: the first waiter would go at 0.1 s; retuned to 1/s it goes at 1.0 s.
+    async def scenario() -> list[float]:
+        bucket = LeakyBucket(1, per_second=10, level=1)
+        times: list[float] = []
+
+        async def one() -> None:
+            await bucket.acquire()
+            times.append(now())
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(one)
+            await anyio.lowlevel.checkpoint()
+            bucket.retune(1, per_second=1)
+        return times
+
+    times, _ = run_virtual(scenario)
+    assert times == pytest.approx([1.0], abs=1e-6)
+
+
+def test_a_waiter_larger_than_a_shrunk_bucket_goes_when_it_is_empty() -> None:
+    # Queued for 8 in a bucket of 10; the bucket shrinks to 4: it goes once the level is 0.
+    async def scenario() -> float:
+        bucket = LeakyBucket(10, per_second=1, level=6)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(bucket.acquire, 8)
+            await anyio.lowlevel.checkpoint()
+            bucket.retune(4, per_second=1)
+        return now()
+
+    waited, _ = run_virtual(scenario)
+    assert waited == pytest.approx(6.0, abs=1e-6)
+
+
+def test_set_level_above_the_capacity_makes_the_next_caller_wait_longer() -> None:
+    # A server says more is in use than the bucket holds: the next unit waits for the excess.
+    async def scenario() -> float:
+        bucket = LeakyBucket(10, per_second=10)
+        bucket.set_level(15)
+        await bucket.acquire()
+        return now()
+
+    waited, _ = run_virtual(scenario)
+    assert waited == pytest.approx(0.6, abs=1e-6)

@@ -6,7 +6,7 @@ import anyio
 import pytest
 from virtual_clock import now, run_virtual
 
-from batchroute.job import Job
+from batchroute.job import Job, ModelConfig
 from batchroute.limits import BURST_SECONDS, Limits, ModelLimits
 
 # Virtual time: a scenario that hangs is a bug in the limiter (or the clock), so fail fast.
@@ -20,9 +20,9 @@ async def _admission_times(
     times: list[float] = []
 
     async def one() -> None:
-        async with limits.call(estimate) as reservation:
+        async with limits.call(prompt_tokens=estimate, max_tokens=0) as reservation:
             times.append(now())
-            reservation.settle(actual)
+            reservation.settle(actual, 0 if actual is not None else None)
 
     async with anyio.create_task_group() as tg:
         for _ in range(n):
@@ -32,7 +32,8 @@ async def _admission_times(
 
 def _limits(**kwargs: int | None) -> ModelLimits:
     # Limiters must be built inside the running loop; these helpers run on it.
-    return ModelLimits(**{"rpm": None, "tpm": None, "max_concurrency": None, **kwargs})
+    # limits = "job": these tests are of the job's limits alone, without a cautious start.
+    return ModelLimits("m", config=ModelConfig(limits="job", **kwargs))
 
 
 # ---- requests per minute --------------------------------------------------------------------
@@ -120,10 +121,10 @@ async def _second_call_waits(first_actual: int | None, *, first_estimate: int = 
     """tpm 6000 (a bucket of 100 tokens, 100/s): how long a 100-token call waits after a call
     that reserved `first_estimate` and then reported `first_actual` tokens used."""
     limits = _limits(tpm=6000)
-    async with limits.call(first_estimate) as reservation:
-        reservation.settle(first_actual)
+    async with limits.call(prompt_tokens=first_estimate, max_tokens=0) as reservation:
+        reservation.settle(first_actual, 0 if first_actual is not None else None)
     start = now()
-    async with limits.call(100):
+    async with limits.call(prompt_tokens=100, max_tokens=0):
         return now() - start
 
 
@@ -151,7 +152,7 @@ def test_a_call_larger_than_the_bucket_goes_out_then_its_real_spend_is_booked() 
 
 def test_a_failed_call_larger_than_the_bucket_keeps_its_whole_estimate_booked() -> None:
     # The call's estimate was 500 tokens and no usage came back (a timeout, say): the comment
-    # in TokenReservation.settle says the estimate stays booked, so the next call should wait
+    # in Reservation.settle says the estimate stays booked, so the next call should wait
     # for 500 tokens to leak out (5 s), not for the 100 that fit in the bucket (1 s).
     waited, _ = run_virtual(_second_call_waits, None, first_estimate=500)
     assert waited == pytest.approx(5.0, abs=1e-6)
@@ -164,15 +165,15 @@ def test_settle_wakes_a_call_already_waiting_for_tokens() -> None:
         admitted: list[float] = []
 
         async def second() -> None:
-            async with limits.call(100):
+            async with limits.call(prompt_tokens=100, max_tokens=0):
                 admitted.append(now())
 
         async with anyio.create_task_group() as tg:
-            async with limits.call(100) as reservation:
+            async with limits.call(prompt_tokens=100, max_tokens=0) as reservation:
                 first = now()
                 tg.start_soon(second)
                 await anyio.sleep(0.2)  # the second call is waiting for a full bucket
-                reservation.settle(10)  # 90 tokens come back
+                reservation.settle(10, 0)  # 90 tokens come back
         return admitted[0] - first
 
     admitted_after, _ = run_virtual(scenario)
@@ -190,7 +191,7 @@ def test_max_concurrency_bounds_the_calls_in_flight() -> None:
 
         async def one() -> None:
             nonlocal in_flight, peak
-            async with limits.call(1):
+            async with limits.call(prompt_tokens=1, max_tokens=0):
                 in_flight += 1
                 peak = max(peak, in_flight)
                 await anyio.sleep(1.0)
@@ -212,12 +213,12 @@ def test_a_slot_is_released_when_a_call_raises_or_is_cancelled_while_waiting() -
     async def scenario() -> list[float]:
         limits = _limits(rpm=60, max_concurrency=1)
         with pytest.raises(RuntimeError):
-            async with limits.call(1):
+            async with limits.call(prompt_tokens=1, max_tokens=0):
                 raise RuntimeError("the call failed")
         with anyio.move_on_after(0.5):
-            async with limits.call(1):
+            async with limits.call(prompt_tokens=1, max_tokens=0):
                 pytest.fail("admitted before the rate allows")
-        async with limits.call(1):
+        async with limits.call(prompt_tokens=1, max_tokens=0):
             return [now()]
 
     (admitted_at,), _ = run_virtual(scenario)
@@ -230,7 +231,11 @@ def test_a_slot_is_released_when_a_call_raises_or_is_cancelled_while_waiting() -
 def test_no_limits_means_no_waiting() -> None:
     async def scenario() -> list[float]:
         limits = _limits()
-        assert limits.requests is None and limits.tokens is None and limits.slots is None
+        assert (
+            limits.job_buckets["requests"] is None
+            and limits.job_buckets["tokens"] is None
+            and limits.slots is None
+        )
         return await _admission_times(limits, 2000, estimate=1_000_000, actual=5_000_000)
 
     times, elapsed = run_virtual(scenario)
@@ -251,11 +256,15 @@ def test_job_limits_are_per_model_and_built_once() -> None:
         limits = Limits(job)
         limited = limits["m/limited"]
         assert limits["m/limited"] is limited  # one bucket per model for the whole run
-        assert limited.requests is not None and limited.slots is not None
-        assert limited.tokens is None
+        assert limited.job_buckets["requests"] is not None and limited.slots is not None
+        assert limited.job_buckets["tokens"] is None
         free = limits["m/free"]
-        assert free.requests is None and free.tokens is None and free.slots is None
+        assert (
+            free.job_buckets["requests"] is None
+            and free.job_buckets["tokens"] is None
+            and free.slots is None
+        )
         # A model outside the job's [models] tables (no tables at all is allowed) is unlimited.
-        assert limits["m/unlisted"].requests is None
+        assert limits["m/unlisted"].job_buckets["requests"] is None
 
     run_virtual(scenario)

@@ -209,6 +209,8 @@ def test_without_a_limit_429s_are_honoured_and_every_row_settles(
         route=f'strategy = "fixed"\nmodel = "{MINI}"',
         concurrency=4,
         run_extra="max_attempts = 40",
+        # Not learned from llmock's headers either (test_llmock_limits.py learns them).
+        models=f'[models."{MINI}"]\nlimits = "job"\n',
     )
     key = "key-without-a-limit"
     spend_quota(mock, key)

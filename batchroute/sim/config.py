@@ -5,7 +5,7 @@ from __future__ import annotations
 import tomllib
 from importlib import resources
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -69,6 +69,14 @@ class ModelSpec(_Frozen):
     skill: float = Field(default=0.5, ge=0, le=1)
     rpm: int = Field(default=0, ge=0)
     tpm: int = Field(default=0, ge=0)
+    itpm: int = Field(default=0, ge=0)  # input tokens per minute, as Anthropic counts them
+    otpm: int = Field(default=0, ge=0)  # output tokens per minute
+    # Which rate-limit headers every answer carries: OpenAI's, Anthropic's, or none.
+    header_style: Literal["openai", "anthropic", "none"] = "openai"
+    spent: float = Field(default=0.0, ge=0, le=1)  # share of each limit used before start
+    # Answer with the request's body (all but `model`) as JSON, so a test can see what the
+    # server received.
+    echo: bool = False
     errors: ErrorRates = ErrorRates()
     hang_s: float = Field(default=600.0, ge=0)
 

@@ -71,9 +71,17 @@ def _completion(
     usage: tuple[int, int],
     logprobs: list[dict[str, Any]] | None = None,
 ) -> bytes:
+    message: dict[str, Any] = {"role": "assistant", "content": content, "refusal": None}
+    tool = _forced_tool(req)
+    if tool is not None:
+        # A forced tool call: the answer is its arguments, and there is no content.
+        function = {"name": tool, "arguments": json.dumps({"answer": content})}
+        call = {"id": f"call_{rid}", "type": "function", "function": function}
+        message |= {"content": None, "tool_calls": [call]}
+        finish = "tool_calls"
     choice = {
         "index": 0,
-        "message": {"role": "assistant", "content": content, "refusal": None},
+        "message": message,
         "logprobs": None if logprobs is None else {"content": logprobs, "refusal": None},
         "finish_reason": finish,
     }
@@ -91,6 +99,19 @@ def _completion(
         },
     }
     return json.dumps(body).encode()
+
+
+def _forced_tool(req: ChatRequest) -> str | None:
+    """The function a request forces (`tool_choice` "required" or naming one), if any."""
+    tools, choice = req.received.get("tools"), req.received.get("tool_choice")
+    if not isinstance(tools, list) or not tools or choice in (None, "none", "auto"):
+        return None
+    if isinstance(choice, dict):
+        name = (choice.get("function") or {}).get("name")
+        return name if isinstance(name, str) else None
+    first = tools[0].get("function") if isinstance(tools[0], dict) else None
+    name = first.get("name") if isinstance(first, dict) else None
+    return name if choice == "required" and isinstance(name, str) else None
 
 
 def refuse_auth(sim: Sim, *, authorization: str | None) -> Response | None:
@@ -129,29 +150,30 @@ async def chat(sim: Sim, raw: bytes, *, authorization: str | None) -> Response:
         usage = (prompt_tokens, completion_tokens)
         body = _completion(req, rid=rid, content=content, finish=finish, usage=usage)
         return Response(200, headers, body, charset=None)
-    window = sim.windows[req.model]
+    window, now = sim.windows[req.model], time.monotonic()
     fault = sim.fault(req.model, spec, req.prompt)
     if fault is not None:
         book.errors[fault] += 1
-        return await _inject(fault, spec=spec, headers=headers | window.headers())
+        return await _inject(fault, spec=spec, headers=headers | window.headers(now=now))
     d = answers.draw(req.prompt, model=req.model, skill=spec.skill, seed=sim.seed)
-    text = answers.render(d, mode=req.mode, schema=req.schema)
+    text = json.dumps(req.received, sort_keys=True) if spec.echo else None
+    text = text or answers.render(d, mode=req.mode, schema=req.schema)
     content, completion_tokens, finish = answers.complete(text, max_tokens=req.max_tokens)
     # tpm counts the actual prompt + completion tokens, known up front since answers are pure.
-    tokens, now = prompt_tokens + completion_tokens, time.monotonic()
-    wait = window.wait_s(tokens, now=now)
+    tokens = prompt_tokens + completion_tokens
+    wait = window.wait_s(tokens, now=now, prompt=prompt_tokens)
     if wait > 0:  # refused requests take no slot, so a client that waits as told gets in
         book.errors["429"] += 1
-        headers |= window.headers()
+        headers |= window.headers(now=now)
         headers["Retry-After"] = str(max(1, math.ceil(wait)))
         headers["retry-after-ms"] = str(max(1, math.ceil(wait * 1000)))
         message = f"Rate limit reached for {req.model}; retry in {wait:.3f}s."
         return _error("429", headers=headers, message=message)
     if sim.balance <= 0:
         book.errors["402"] += 1
-        return _error("402", headers=headers | window.headers())
-    window.admit(tokens, now=now)
-    headers |= window.headers()
+        return _error("402", headers=headers | window.headers(now=now))
+    window.admit(tokens, now=now, prompt=prompt_tokens)
+    headers |= window.headers(now=now)
     if (delay := sim.latency_s(spec)) > 0:
         await asyncio.sleep(delay)
     headers |= sim.charge(book, spec, prompt=prompt_tokens, completion=completion_tokens)

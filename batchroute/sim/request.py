@@ -28,6 +28,7 @@ class ChatRequest:
     mode: str  # "text", "json_object" or "json_schema"
     schema: Any
     logprobs: bool
+    received: dict[str, Any]  # the whole body but `model`, as received (for echo)
 
 
 def parse_chat(raw: bytes) -> ChatRequest:
@@ -66,6 +67,7 @@ def parse_chat(raw: bytes) -> ChatRequest:
         mode=mode,
         schema=schema,
         logprobs=body.get("logprobs") is True,
+        received={k: v for k, v in body.items() if k != "model"},
     )
 
 

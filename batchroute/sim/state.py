@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import os
 import random
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -73,8 +74,18 @@ class Sim:
         self.rejected = {"400": 0, "401": 0}
         # Keyed by a digest of (model, prompt) so long prompts are not kept in memory.
         self.seen: dict[bytes, int] = {}
+        now = time.monotonic()
         self.windows = {
-            name: RateWindow(rpm=m.rpm, tpm=m.tpm) for name, m in self.config.models.items()
+            name: RateWindow(
+                rpm=m.rpm,
+                tpm=m.tpm,
+                itpm=m.itpm,
+                otpm=m.otpm,
+                style=m.header_style,
+                spent=m.spent,
+                now=now,
+            )
+            for name, m in self.config.models.items()
         }
         self.rng = random.Random(self.seed)
         self.desk = BatchDesk()

@@ -1,0 +1,110 @@
+"""Identical deterministic requests of one run: one call, its answer shared by every row asking.
+
+Two rows whose requests are the same (endpoint, model, messages, parameters) would pay twice
+for one answer when the answer cannot differ: temperature 0 or unset, and no `n`. The first
+row to ask makes the call; the others wait for it and take its outcome, marked as shared.
+Only an answer is shared: when the first call fails, each waiting row tries on its own.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import replace
+from typing import Any, Generic, TypeVar
+
+import anyio
+
+from batchroute.records import CallRecord
+
+__all__ = ["SharedCalls", "deterministic", "shared_records"]
+
+T = TypeVar("T")
+
+# Finished outcomes kept for later identical rows; beyond this the oldest are forgotten, so a
+# run of millions of distinct rows does not keep every answer in memory (a later duplicate
+# then finds the answer in the store, when the store is on).
+KEEP_FINISHED = 50_000
+
+
+def deterministic(params: Mapping[str, Any]) -> bool:
+    """Whether two identical requests with `params` must get the same answer."""
+    temperature = params.get("temperature")
+    return (temperature is None or temperature == 0) and params.get("n") is None
+
+
+class _Pending(Generic[T]):
+    """One call in flight or done: its outcome once known, None when it must not be shared."""
+
+    __slots__ = ("done", "value")
+
+    def __init__(self) -> None:
+        self.done = anyio.Event()
+        self.value: T | None = None
+
+
+class SharedCalls(Generic[T]):
+    """The calls of one run by request key, each made once and shared."""
+
+    def __init__(self) -> None:
+        self._calls: dict[bytes, _Pending[T]] = {}
+        self._finished: deque[bytes] = deque()
+        self.shared = 0  # outcomes handed to a row that did not make the call
+
+    async def once(
+        self, key: bytes, make: Callable[[], Awaitable[T]], *, shareable: Callable[[T], bool]
+    ) -> tuple[T, bool]:
+        """The outcome of `make` for `key`, and whether it was another row's (shared).
+
+        The first caller of a key runs `make`; later callers wait for its outcome. One that
+        is not `shareable` (a failure) is not handed on: the next waiter makes its own call.
+        """
+        while True:
+            pending = self._calls.get(key)
+            if pending is None:
+                return await self._lead(key, make, shareable=shareable), False
+            await pending.done.wait()
+            if pending.value is not None:
+                self.shared += 1
+                return pending.value, True
+
+    async def _lead(
+        self, key: bytes, make: Callable[[], Awaitable[T]], *, shareable: Callable[[T], bool]
+    ) -> T:
+        pending: _Pending[T] = _Pending()
+        self._calls[key] = pending
+        value: T | None = None
+        try:
+            value = await make()
+            return value
+        finally:
+            # Also when cancelled: waiters must never wait for a call nobody is making.
+            if value is not None and shareable(value):
+                pending.value = value
+                self._finished.append(key)
+                if len(self._finished) > KEEP_FINISHED:
+                    self._calls.pop(self._finished.popleft(), None)
+            else:
+                del self._calls[key]
+            pending.done.set()
+
+
+def shared_records(
+    records: list[CallRecord], *, row_id: object, tier: int, purpose: str, shadow: bool
+) -> list[CallRecord]:
+    """Another row's answer, as this row records it: the answering call, marked `deduped`,
+    its charge moved to `shared_charge_usd` so that it is counted once."""
+    return [
+        replace(
+            record,
+            row_id=row_id,
+            tier=tier,
+            purpose=purpose,
+            shadow=shadow,
+            cached=False,
+            deduped=True,
+            charge_usd=None,
+            shared_charge_usd=record.charge_usd,
+        )
+        for record in records[-1:]
+    ]
