@@ -20,6 +20,7 @@ a number under its minimum is kept; `check_passed` says whether the whole schema
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -68,9 +69,11 @@ def _as_float(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     try:
-        return float(value)
+        number = float(value)
     except OverflowError:  # an integer past the largest double
         return None
+    # JSON has no Infinity or NaN; Python's json module reads them anyway, so they end here.
+    return number if math.isfinite(number) else None
 
 
 def _as_int(value: Any) -> int | None:

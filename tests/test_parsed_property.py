@@ -240,3 +240,10 @@ def test_answers_read_as_the_plain_reading_says(
     pl.DataFrame([column]).write_parquet(buffer)
     buffer.seek(0)
     assert pl.from_arrow(pq.read_table(buffer))["parsed"].to_list() == expected
+
+
+def test_infinity_and_nan_are_not_numbers() -> None:
+    """JSON has neither; Python's json module reads them, so the parser must refuse them."""
+    parser = AnswerParser({"type": "object", "properties": {"x": {"type": "number"}}})
+    column = parser.parse(['{"x": Infinity}', '{"x": -Infinity}', '{"x": NaN}', '{"x": 1.5}'])
+    assert column.to_list() == [{"x": None}, {"x": None}, {"x": None}, {"x": 1.5}]
