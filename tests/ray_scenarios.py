@@ -1,0 +1,141 @@
+"""Fault scenarios of the Ray engine, run by tests/test_ray_faults.py inside a loopback-only
+network namespace: each starts a simulator, runs the real CLI on Ray, breaks something, and
+prints one JSON line of what the simulator's ledger and the outputs say.
+
+    python tests/ray_scenarios.py worker|driver DIRECTORY
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import polars as pl
+
+sys.path.insert(0, str(Path(__file__).parent))
+from helpers import write_sim_models, write_tasks  # noqa: E402
+
+from batchroute.sim import running_simulator  # noqa: E402
+
+ROWS = 200
+CONCURRENCY = 8  # per worker: at most this many calls of a worker are in flight
+
+# A python check that kills its own worker process once, at one row: a real crash of a Ray
+# actor mid-batch, after that row's call was paid.
+CRASHY = """
+import os
+from pathlib import Path
+
+
+def check(row, answer):
+    marker = Path(__file__).with_name("crashed")
+    if row["task_id"] == "task-0120" and not marker.exists():
+        marker.write_text(str(os.getpid()))
+        os._exit(1)
+    return True
+"""
+
+
+def _job(directory: Path, base_url: str, *, check: bool) -> Path:
+    checked = '[check]\ntype = "python"\nfunction = "crashy:check"\n' if check else ""
+    job = directory / "job.toml"
+    job.write_text(
+        textwrap.dedent(
+            f"""
+            [input]
+            path = "tasks.parquet"
+            id = "task_id"
+            prompt = "Label: {{text}}"
+            batch_rows = 20
+            [output]
+            path = "out/results.parquet"
+            [endpoint]
+            base_url = "{base_url}"
+            [route]
+            strategy = "fixed"
+            model = "t/slow"
+            [run]
+            engine = "ray"
+            workers = 2
+            worker_cpus = 0.25
+            concurrency = {CONCURRENCY}
+            """
+        )
+        + checked,
+        encoding="utf-8",
+    )
+    return job
+
+
+def _command(job: Path) -> list[str]:
+    return [sys.executable, "-m", "batchroute", "run", str(job), "-q"]
+
+
+def _outcome(directory: Path, sim_ledger: dict, **extra: object) -> dict[str, object]:
+    results = pl.read_parquet(directory / "out/results.parquet")
+    return {
+        "rows": results.height,
+        "unique_ids": results["task_id"].n_unique(),
+        "ok": int((results["status"] == "ok").sum()),
+        "requests": sim_ledger["models"]["t/slow"]["requests"],
+        **extra,
+    }
+
+
+def worker(directory: Path) -> dict[str, object]:
+    (directory / "crashy.py").write_text(CRASHY, encoding="utf-8")
+    with running_simulator(models=_models(directory)) as sim:
+        job = _job(directory, sim.base_url, check=True)
+        done = subprocess.run(_command(job), capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            return {"error": done.stderr[-2000:]}
+        return _outcome(
+            directory, sim.ledger(), crashed=(directory / "crashed").exists(), rc=done.returncode
+        )
+
+
+def driver(directory: Path) -> dict[str, object]:
+    with running_simulator(models=_models(directory)) as sim:
+        job = _job(directory, sim.base_url, check=False)
+        # Its own session: the kill takes the driver and the Ray processes it started.
+        first = subprocess.Popen(
+            _command(job),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        while sim.ledger()["models"]["t/slow"]["requests"] < ROWS // 3:
+            if first.poll() is not None:
+                return {"error": "the first run ended before it was killed"}
+            time.sleep(0.05)
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+        paid_before = sim.ledger()["models"]["t/slow"]["requests"]
+        done = subprocess.run(_command(job), capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            return {"error": done.stderr[-2000:]}
+        return _outcome(directory, sim.ledger(), paid_before_kill=paid_before, rc=done.returncode)
+
+
+def _models(directory: Path) -> Path:
+    write_tasks(directory, ROWS)
+    return write_sim_models(
+        directory,
+        """
+        [models."t/slow"]
+        usd_per_mtok = { input = 0.2, output = 0.8 }
+        latency_ms = { mean = 100, jitter = 0 }
+        """,
+    )
+
+
+if __name__ == "__main__":
+    scenario, where = sys.argv[1], Path(sys.argv[2])
+    outcome = {"worker": worker, "driver": driver}[scenario](where)
+    print(json.dumps(outcome))

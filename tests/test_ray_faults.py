@@ -1,0 +1,53 @@
+"""Faults on the Ray engine: a worker that dies mid-batch, a driver killed mid-run. Each
+scenario (tests/ray_scenarios.py) runs in a loopback-only network namespace, simulator and
+all, and reports the simulator's ledger."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from test_ray import pytestmark as ray_marks
+
+pytestmark = ray_marks
+SCENARIOS = Path(__file__).with_name("ray_scenarios.py")
+
+
+def _scenario(name: str, directory: Path) -> dict[str, object]:
+    command = [sys.executable, str(SCENARIOS), name, str(directory)]
+    done = subprocess.run(
+        ["unshare", "--net", "sh", "-c", 'ip link set lo up && exec "$@"', "sh", *command],
+        capture_output=True,
+        text=True,
+        timeout=500,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    outcome = json.loads(done.stdout.strip().splitlines()[-1])
+    assert "error" not in outcome, outcome["error"]
+    return outcome
+
+
+@pytest.mark.timeout(600)
+def test_a_worker_killed_mid_batch_is_replaced_and_re_pays_only_its_calls_in_flight(
+    tmp_path: Path,
+) -> None:
+    outcome = _scenario("worker", tmp_path)
+    assert outcome["crashed"] is True
+    assert outcome["rows"] == outcome["unique_ids"] == outcome["ok"] == 200
+    # The crashed worker's finished calls are in the store; at most its calls in flight
+    # (its concurrency, 8) are paid again.
+    assert 200 <= outcome["requests"] <= 200 + 8  # type: ignore[operator]
+
+
+@pytest.mark.timeout(600)
+def test_a_killed_driver_is_resumed_by_the_same_command_without_paying_twice(
+    tmp_path: Path,
+) -> None:
+    outcome = _scenario("driver", tmp_path)
+    assert outcome["rows"] == outcome["unique_ids"] == outcome["ok"] == 200
+    # Two workers of 8 calls each were in flight when the driver died.
+    assert outcome["requests"] <= 200 + 2 * 8  # type: ignore[operator]
