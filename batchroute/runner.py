@@ -74,11 +74,11 @@ async def arun(job: Job, options: RunOptions | None = None) -> RunReport:
     options = options or RunOptions()
     try:
         async with contextlib.AsyncExitStack() as stack:
-            # Object-store inputs are copied in, outputs checked now and uploaded at the end;
-            # the Ray engine reads an s3:// input itself (engines/paths.py).
+            # Object-store inputs are copied in (the checks before the first call read them;
+            # the Ray engine's workers then read the URL itself), outputs checked now and
+            # uploaded at the end (engines/paths.py).
             await anyio.to_thread.run_sync(partial(check_remote_outputs, job, force=options.force))
-            if job.run.engine == "local":
-                await anyio.to_thread.run_sync(stage_input, job)
+            await anyio.to_thread.run_sync(stage_input, job)
             prep = await anyio.to_thread.run_sync(prepare, job, options)
             stack.callback(prep.close)  # the store, and the job's lock
             # Starting the embedded simulator, if any endpoint is one, blocks: a worker thread.

@@ -123,6 +123,43 @@ def driver(directory: Path) -> dict[str, object]:
         return _outcome(directory, sim.ledger(), paid_before_kill=paid_before, rc=done.returncode)
 
 
+def s3(directory: Path) -> dict[str, object]:
+    """Input parts under an s3:// prefix and the output to s3://, on moto's server."""
+    import pyarrow.parquet as pq
+    from helpers import make_tasks
+    from s3_server import KEY_ENV, KEY_VALUE, SECRET_ENV, SECRET_VALUE, running_s3
+
+    whole = make_tasks(60)
+    with running_s3() as server, running_simulator(models=_models(directory)) as sim:
+        fs = server.filesystem()
+        fs.create_dir("lake")
+        for number in range(3):
+            with fs.open_output_stream(f"lake/in/part-{number}.parquet") as sink:
+                pq.write_table(whole.slice(number * 20, 20).to_arrow(), sink)
+        job = _job(directory, sim.base_url, check=False)
+        options = server.storage_options()
+        text = job.read_text(encoding="utf-8")
+        text = text.replace(
+            'path = "tasks.parquet"', f'path = "s3://lake/in/"\nstorage_options = {options}'
+        )
+        text = text.replace(
+            'path = "out/results.parquet"',
+            f'path = "s3://lake/out/results.parquet"\nstorage_options = {options}',
+        )
+        job.write_text(text, encoding="utf-8")
+        env = {**os.environ, KEY_ENV: KEY_VALUE, SECRET_ENV: SECRET_VALUE}
+        done = subprocess.run(_command(job), capture_output=True, text=True, check=False, env=env)
+        if done.returncode != 0:
+            return {"error": done.stderr[-2000:]}
+        with fs.open_input_file("lake/out/results.parquet") as handle:
+            results = pl.read_parquet(handle)
+        return {
+            "ids_in_order": results["task_id"].to_list() == whole["task_id"].to_list(),
+            "ok": int((results["status"] == "ok").sum()),
+            "requests": sim.ledger()["models"]["t/slow"]["requests"],
+        }
+
+
 def _models(directory: Path) -> Path:
     write_tasks(directory, ROWS)
     return write_sim_models(
@@ -137,5 +174,5 @@ def _models(directory: Path) -> Path:
 
 if __name__ == "__main__":
     scenario, where = sys.argv[1], Path(sys.argv[2])
-    outcome = {"worker": worker, "driver": driver}[scenario](where)
+    outcome = {"worker": worker, "driver": driver, "s3": s3}[scenario](where)
     print(json.dumps(outcome))

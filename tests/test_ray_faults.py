@@ -1,6 +1,6 @@
-"""Faults on the Ray engine: a worker that dies mid-batch, a driver killed mid-run. Each
-scenario (tests/ray_scenarios.py) runs in a loopback-only network namespace, simulator and
-all, and reports the simulator's ledger."""
+"""Faults on the Ray engine (a worker that dies mid-batch, a driver killed mid-run) and its
+object-store input and output. Each scenario (tests/ray_scenarios.py) runs in a loopback-only
+network namespace, simulator and S3 server and all, and reports the simulator's ledger."""
 
 from __future__ import annotations
 
@@ -51,3 +51,10 @@ def test_a_killed_driver_is_resumed_by_the_same_command_without_paying_twice(
     assert outcome["rows"] == outcome["unique_ids"] == outcome["ok"] == 200
     # Two workers of 8 calls each were in flight when the driver died.
     assert outcome["requests"] <= 200 + 2 * 8  # type: ignore[operator]
+
+
+@pytest.mark.timeout(600)
+def test_the_ray_engine_reads_an_s3_prefix_and_writes_to_s3(tmp_path: Path) -> None:
+    pytest.importorskip("moto.server", reason="moto[server] is in the dev extra")
+    outcome = _scenario("s3", tmp_path)
+    assert outcome == {"ids_in_order": True, "ok": 60, "requests": 60}
