@@ -24,6 +24,7 @@ from helpers import write_sim_models, write_tasks  # noqa: E402
 from batchroute.sim import running_simulator  # noqa: E402
 
 ROWS = 200
+BUDGET = 0.0005
 CONCURRENCY = 8  # per worker: at most this many calls of a worker are in flight
 
 # A python check that kills its own worker process once, at one row: a real crash of a Ray
@@ -160,6 +161,32 @@ def s3(directory: Path) -> dict[str, object]:
         }
 
 
+def budget(directory: Path) -> dict[str, object]:
+    """Two workers under one budget of some 80 calls: their spend together stays within it."""
+    with running_simulator(models=_models(directory)) as sim:
+        job = _job(directory, sim.base_url, check=False)
+        text = job.read_text(encoding="utf-8").replace(
+            "[route]",
+            '[models."t/slow"]\nusd_per_mtok = { input = 0.2, output = 0.8 }\n'
+            "[params]\nmax_tokens = 8\n[route]",
+        )
+        # A call is charged about $0.0000063 and estimated (8 tokens at most) at $0.0000084;
+        # 200 rows, $0.00125. A budget of $0.0005 covers some 70 calls: two workers each
+        # holding it on their own would spend it twice.
+        job.write_text(text + f"budget_usd = {BUDGET}\n", encoding="utf-8")
+        done = subprocess.run(_command(job), capture_output=True, text=True, check=False)
+        results = pl.read_parquet(directory / "out/results.parquet")
+        ledger = sim.ledger()
+        return {
+            "rc": done.returncode,
+            "stderr": done.stderr[-300:],
+            "ok": int((results["status"] == "ok").sum()),
+            "skipped": int((results["status"] == "skipped").sum()),
+            "charged": ledger["total_charged_usd"],
+            "cost_usd": results["cost_usd"].sum(),
+        }
+
+
 def _models(directory: Path) -> Path:
     write_tasks(directory, ROWS)
     return write_sim_models(
@@ -174,5 +201,5 @@ def _models(directory: Path) -> Path:
 
 if __name__ == "__main__":
     scenario, where = sys.argv[1], Path(sys.argv[2])
-    outcome = {"worker": worker, "driver": driver, "s3": s3}[scenario](where)
+    outcome = {"worker": worker, "driver": driver, "s3": s3, "budget": budget}[scenario](where)
     print(json.dumps(outcome))

@@ -58,3 +58,14 @@ def test_the_ray_engine_reads_an_s3_prefix_and_writes_to_s3(tmp_path: Path) -> N
     pytest.importorskip("moto.server", reason="moto[server] is in the dev extra")
     outcome = _scenario("s3", tmp_path)
     assert outcome == {"ids_in_order": True, "ok": 60, "requests": 60}
+
+
+@pytest.mark.timeout(600)
+def test_two_workers_share_one_budget(tmp_path: Path) -> None:
+    outcome = _scenario("budget", tmp_path)
+    assert outcome["rc"] == 3, outcome["stderr"]  # stopped by the budget
+    assert "reached across the cluster" in str(outcome["stderr"])
+    assert outcome["skipped"] > 0 and outcome["ok"] > 0
+    # Each worker holding the budget on its own would have spent it twice over.
+    assert outcome["charged"] <= 0.0005 + 1e-12
+    assert outcome["cost_usd"] == pytest.approx(outcome["charged"])
