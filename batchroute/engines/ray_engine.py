@@ -80,6 +80,7 @@ class RayRun(_Run):
         calls_sink: ParquetSink,
     ) -> None:
         import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         job = self.job
         started = not ray.is_initialized()
@@ -91,7 +92,13 @@ class RayRun(_Run):
                 configure_logging=False,
             )
         try:
-            book: Any = ray.remote(num_cpus=0)(LeaseBook).remote(
+            # On the driver's node: a book lost with a worker node would leave every worker
+            # without leases, while the driver's own loss ends the run anyway.
+            here = NodeAffinitySchedulingStrategy(
+                node_id=ray.get_runtime_context().get_node_id(), soft=False
+            )
+            actor = ray.remote(LeaseBook).options(num_cpus=0, scheduling_strategy=here)
+            book: Any = actor.remote(
                 {name: (m.rpm, m.tpm) for name, m in job.models.items()}, job.run.budget_usd
             )
             capacity = {
