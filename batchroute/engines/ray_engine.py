@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import pickle
 import random
 import threading
@@ -63,6 +64,10 @@ class RayRun(_Run):
         results_sink: ParquetSink,
         calls_sink: ParquetSink,
     ) -> None:
+        if importlib.util.find_spec("ray") is None:
+            raise ConfigError(
+                f"{self.job.source}: run.engine: 'ray' needs Ray: pip install 'batchroute[ray]'"
+            )
         if self.job.input.id is None:
             raise ConfigError(
                 f"{self.job.source}: input.id: run.engine = 'ray' needs an id column (Ray Data"
