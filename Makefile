@@ -69,14 +69,15 @@ model:
 demo: install
 	$(BIN)/batchroute run jobs/demo.toml --force
 
-# The demo on a local Ray cluster with 2 workers. Ray binds every interface by default: as
-# root it runs in a network namespace with only loopback (installed before entering it).
+# The demo on a local Ray cluster with 2 workers, every call made anew (`make demo` shares
+# its store). Ray binds every interface by default: as root it runs in a network namespace
+# with only loopback (everything is installed before entering it).
 demo-ray: install ray
 	mkdir -p out
 	if [ "$$(id -u)" = 0 ] && unshare --net true 2>/dev/null; then \
-		unshare --net sh -c 'ip link set lo up && exec $(BIN)/batchroute run jobs/demo.toml --force --engine ray'; \
+		unshare --net sh -c 'ip link set lo up && exec $(BIN)/batchroute run jobs/demo.toml --force --no-cache --engine ray'; \
 	else \
-		$(BIN)/batchroute run jobs/demo.toml --force --engine ray; \
+		$(BIN)/batchroute run jobs/demo.toml --force --no-cache --engine ray; \
 	fi
 
 # The cascade of jobs/local_model.toml: SmolLM2 on llama.cpp first, the simulator after it.
@@ -100,7 +101,7 @@ $(VENV)/.bench-installed: pyproject.toml $(STAMP)
 	touch $@
 
 # Every benchmark of bench/RESULTS.md, each writing its own section there (about 13 minutes).
-bench: install $(VENV)/.bench-installed
+bench: install ray $(VENV)/.bench-installed
 	$(BIN)/python bench/sim_throughput.py
 	$(BIN)/python bench/overhead.py
 	$(BIN)/python bench/rate_limits.py
@@ -111,6 +112,7 @@ bench: install $(VENV)/.bench-installed
 	$(BIN)/python bench/store_cost.py
 	$(BIN)/python bench/profile.py
 	$(BIN)/python bench/before_after.py
+	$(BIN)/python bench/ray_scale.py
 
 clean:
 	rm -rf $(VENV) $(PEERS) out .pytest_cache .mypy_cache .ruff_cache
