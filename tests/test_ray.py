@@ -168,3 +168,54 @@ def test_four_workers_share_one_rpm_through_the_lease_service(tmp_path: Path) ->
     achieved_per_min = (ok.height - 1) / span_s * 60
     # Near the limit, never past it: four workers each pacing on their own would send 4x.
     assert 0.97 <= achieved_per_min / RPM <= 1.02
+
+
+@pytest.mark.timeout(600)
+def test_a_csv_directory_on_ray_reads_the_types_the_local_engine_reads(tmp_path: Path) -> None:
+    """Two CSV files with a code column (text by input.schema; one file alone would read as
+    numbers) and a bool in any case: Ray Data's reader gets the local engine's column types,
+    so both write the same rows."""
+    for name, engine in (("local", "local"), ("ray", "ray")):
+        directory = tmp_path / name
+        (directory / "parts").mkdir(parents=True)
+        (directory / "parts" / "a.csv").write_text(
+            "task_id,code,urgent,text\nt1,007,True,box one\nt2,010,false,box two\n",
+            encoding="utf-8",
+        )
+        (directory / "parts" / "b.csv").write_text(
+            "task_id,code,urgent,text\nt3,123,TRUE,box three\n", encoding="utf-8"
+        )
+        (directory / "job.toml").write_text(
+            textwrap.dedent(
+                f"""
+                [input]
+                path = "parts"
+                id = "task_id"
+                prompt = "Label {{code}} ({{urgent}}): {{text}}"
+                schema = {{ code = "str" }}
+                [output]
+                path = "out/results.parquet"
+                [endpoint]
+                base_url = "embedded"
+                [route]
+                strategy = "fixed"
+                model = "openai/gpt-4o-mini"
+                [run]
+                engine = "{engine}"
+                workers = 1
+                """
+            ),
+            encoding="utf-8",
+        )
+    local = run_local("run", tmp_path / "local/job.toml", "-q")
+    assert local.returncode == 0, local.stderr
+    on_ray = run_in_netns("run", tmp_path / "ray/job.toml", "-q")
+    assert on_ray.returncode == 0, on_ray.stderr
+    a = pl.read_parquet(tmp_path / "local/out/results.parquet")
+    b = pl.read_parquet(tmp_path / "ray/out/results.parquet")
+    assert a.schema == b.schema
+    assert b["code"].to_list() == ["007", "010", "123"]
+    assert b["urgent"].to_list() == [True, False, True]
+    assert a.select("task_id", "answer", "cost_usd").equals(
+        b.select("task_id", "answer", "cost_usd")
+    )

@@ -162,17 +162,12 @@ class RayRun(_Run):
         layout = self.prep.dataset.layout
         if layout is None:
             return ray.data.read_parquet(files, filesystem=fs, file_extensions=None)
-        import pyarrow.csv as pacsv
-
-        from batchroute.csv_input import ARROW_TYPES
-
-        convert = pacsv.ConvertOptions(
-            column_types={name: ARROW_TYPES[kind] for name, kind in layout.types.items()},
-            null_values=[""],
-            quoted_strings_can_be_null=True,
+        return ray.data.read_csv(
+            files,
+            filesystem=fs,
+            convert_options=layout.convert_options(),
+            parse_options=layout.parse_options(),
         )
-        parse = pacsv.ParseOptions(newlines_in_values=True)
-        return ray.data.read_csv(files, filesystem=fs, convert_options=convert, parse_options=parse)
 
     def _write_results(
         self,
