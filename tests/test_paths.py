@@ -180,3 +180,27 @@ def test_a_missing_key_variable_names_the_job_key(
     assert done.returncode == 2
     assert f"input.storage_options: environment variable {KEY_ENV} is not set" in done.stderr
     assert done.stderr.strip().count("\n") == 0, done.stderr
+
+
+def test_a_second_run_does_not_replace_the_copy_the_first_is_reading(
+    tmp_path: Path, s3: S3Server, fresh_sim: SimulatorHandle
+) -> None:
+    from batchroute.job import load_job
+    from batchroute.lock import output_lock
+
+    fs = s3.filesystem()
+    with fs.open_output_stream("data/in3/tasks.parquet") as sink:
+        pq.write_table(make_tasks(3).to_arrow(), sink)
+    job_path = _s3_job(
+        tmp_path, s3, fresh_sim, data="s3://data/in3/tasks.parquet", out="out/results.parquet"
+    )
+    job = load_job(job_path)
+    staged = job.input.path / "tasks.parquet"
+    staged.parent.mkdir(parents=True)
+    staged.write_bytes(b"the first run's copy")
+    with output_lock(job.output.path, where="the first run"):  # the first run, still going
+        done = run_cli("run", job_path, env=S3_ENV)
+    assert done.returncode == 2, done.stderr
+    assert "another run" in done.stderr or "pid" in done.stderr, done.stderr
+    assert staged.read_bytes() == b"the first run's copy"
+    assert _requests(fresh_sim) == 0

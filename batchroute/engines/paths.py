@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 
 from batchroute.errors import ConfigError, DatasetError, OutputError, one_line
 from batchroute.job import Job, StorageOptions
+from batchroute.lock import output_lock
 from batchroute.sink import METADATA_KEY
 
 SUFFIXES = (".parquet", ".csv")
@@ -148,6 +149,13 @@ def stage_input(job: Job) -> None:
     if is_glob(base):
         root = base[: min(base.index(c) for c in _GLOB if c in base)].rsplit("/", 1)[0]
     target = job.input.path
+    # Under the job's lock: a second run of the job started while the first reads the copy
+    # stops here (JobBusy), before it could replace the files under the first.
+    with output_lock(job.output.path, where=f"{job.source}: output.path"):
+        _copy(fs, files, root=root, target=target, where=where)
+
+
+def _copy(fs: pafs.FileSystem, files: list[str], *, root: str, target: Path, where: str) -> None:
     shutil.rmtree(target, ignore_errors=True)
     for name in files:
         local = target / name[len(root) :].lstrip("/")
