@@ -154,10 +154,18 @@ def s3(directory: Path) -> dict[str, object]:
             return {"error": done.stderr[-2000:]}
         with fs.open_input_file("lake/out/results.parquet") as handle:
             results = pl.read_parquet(handle)
+        paid = sim.ledger()["models"]["t/slow"]["requests"]
+        # The same job again: a new run, answered from the store (the cross-run cache).
+        again = subprocess.run(_command(job), capture_output=True, text=True, check=False, env=env)
+        with fs.open_input_file("lake/out/results.parquet") as handle:
+            cached = pl.read_parquet(handle)["cached"].to_list()
         return {
             "ids_in_order": results["task_id"].to_list() == whole["task_id"].to_list(),
             "ok": int((results["status"] == "ok").sum()),
-            "requests": sim.ledger()["models"]["t/slow"]["requests"],
+            "requests": paid,
+            "again_rc": again.returncode,
+            "requests_after_again": sim.ledger()["models"]["t/slow"]["requests"],
+            "all_cached_again": all(cached),
         }
 
 

@@ -25,7 +25,7 @@ import pickle
 import random
 import threading
 from collections.abc import Coroutine
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import anyio
 import polars as pl
@@ -43,7 +43,7 @@ from batchroute.records import FAILED, RowResult, calls_frame, results_frame
 from batchroute.router import build_router
 from batchroute.runner import RunReport, _Run
 from batchroute.sink import ParquetSink
-from batchroute.store import CallCache, CallStore, StoreReader, StoreWriter
+from batchroute.store import CallCache, CallStore, StoredCall, StoreReader, StoreWriter
 from batchroute.transport import Transport, open_transport
 
 RESULT_COLUMN = "__batchroute_result"
@@ -196,6 +196,42 @@ class RayRun(_Run):
         calls_sink.write(calls_frame(calls, id_dtype=self.id_dtype))
 
 
+class _CountingStore:
+    """The store as a worker's writer sees it: counts the calls committed, so a batch can
+    wait until its calls are on disk before it is returned (Ray may end the actor, and the
+    writer's queue with it, as soon as the last batch is back)."""
+
+    def __init__(self, store: CallStore) -> None:
+        self._store = store
+        self._written = 0
+        self._changed = threading.Condition()
+
+    def put_many(self, calls: list[StoredCall]) -> None:
+        self._store.put_many(calls)
+        with self._changed:
+            self._written += len(calls)
+            self._changed.notify_all()
+
+    def wait_for(self, count: int) -> None:
+        """Block until `count` calls in all were committed (in a worker thread)."""
+        with self._changed:
+            self._changed.wait_for(lambda: self._written >= count)
+
+
+class _CountingWriter(StoreWriter):
+    def __init__(self, store: _CountingStore) -> None:
+        super().__init__(cast(CallStore, store))
+        self.counting = store
+        self.queued = 0
+
+    async def put(self, call: StoredCall) -> None:
+        self.queued += 1
+        await super().put(call)
+
+    async def flush(self) -> None:
+        await anyio.to_thread.run_sync(self.counting.wait_for, self.queued)
+
+
 class RowWorker:
     """A Ray actor running rows: the local engine's pipeline on an event loop of its own.
 
@@ -263,7 +299,8 @@ class RowWorker:
             )
         assert job.store.path is not None
         store = await anyio.to_thread.run_sync(CallStore, job.store.path)
-        writer, reader = StoreWriter(store), StoreReader(store)
+        writer, reader = _CountingWriter(_CountingStore(store)), StoreReader(store)
+        self._writer = writer
         self._tasks = [asyncio.ensure_future(writer.run()), asyncio.ensure_future(reader.run())]
         identities = {name: job.endpoint_identity(name) for name in transports}
         cache = CallCache(
@@ -315,4 +352,5 @@ class RowWorker:
             for index in range(frame.height):
                 tg.start_soon(one, index)
         await self._budget.give_back()
+        await self._writer.flush()  # this batch's calls are on disk before it is returned
         return [r for r in results if r is not None]
