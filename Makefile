@@ -22,7 +22,7 @@ LLAMA := $(PEERS)/llama/.installed-$(LLAMA_CPP_VERSION)-$(SMOLLM2_VERSION)
 # AMX state (this machine), and a native wheel from pip's cache would not run on older CPUs.
 LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 
-.PHONY: install peers model demo demo-model test test-model lint bench clean
+.PHONY: install ray peers model demo demo-ray demo-model test test-model lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,14 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# The Ray engine's extra (a few hundred MB): `make test` and `make demo-ray` need it.
+RAY_STAMP := $(VENV)/.ray-installed
+$(RAY_STAMP): pyproject.toml $(STAMP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,notebook,ray]'
+	touch $@
+
+ray: $(RAY_STAMP)
 
 $(LLMOCK):
 	rm -rf $(PEERS)/llmock && $(PYTHON) -m venv $(PEERS)/llmock
@@ -61,6 +69,17 @@ model:
 demo: install
 	$(BIN)/batchroute run jobs/demo.toml --force
 
+# The demo on a local Ray cluster with 2 workers, every call made anew (`make demo` shares
+# its store). Ray binds every interface by default: as root it runs in a network namespace
+# with only loopback (everything is installed before entering it).
+demo-ray: install ray
+	mkdir -p out
+	if [ "$$(id -u)" = 0 ] && unshare --net true 2>/dev/null; then \
+		unshare --net sh -c 'ip link set lo up && exec $(BIN)/batchroute run jobs/demo.toml --force --no-cache --engine ray'; \
+	else \
+		$(BIN)/batchroute run jobs/demo.toml --force --no-cache --engine ray; \
+	fi
+
 # The cascade of jobs/local_model.toml: SmolLM2 on llama.cpp first, the simulator after it.
 demo-model: install model
 	$(BIN)/python jobs/serve_local_model.py $(PEERS)/llama -- \
@@ -71,7 +90,7 @@ lint: install
 	$(BIN)/ruff format --check batchroute tests bench data jobs
 	$(BIN)/mypy
 
-test: lint peers
+test: lint peers ray
 	$(BIN)/pytest -q -m 'not model'
 
 test-model: install model
@@ -82,7 +101,7 @@ $(VENV)/.bench-installed: pyproject.toml $(STAMP)
 	touch $@
 
 # Every benchmark of bench/RESULTS.md, each writing its own section there (about 13 minutes).
-bench: install $(VENV)/.bench-installed
+bench: install ray $(VENV)/.bench-installed
 	$(BIN)/python bench/sim_throughput.py
 	$(BIN)/python bench/overhead.py
 	$(BIN)/python bench/rate_limits.py
@@ -93,6 +112,7 @@ bench: install $(VENV)/.bench-installed
 	$(BIN)/python bench/store_cost.py
 	$(BIN)/python bench/profile.py
 	$(BIN)/python bench/before_after.py
+	$(BIN)/python bench/ray_scale.py
 
 clean:
 	rm -rf $(VENV) $(PEERS) out .pytest_cache .mypy_cache .ruff_cache

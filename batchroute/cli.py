@@ -66,6 +66,17 @@ def _parser() -> argparse.ArgumentParser:
         metavar="RESULTS",
         help="rerun only the rows that failed or were skipped in this earlier results file",
     )
+    run.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        help="over the job's run.engine: `ray` runs the rows on a Ray cluster (pip install"
+        " 'batchroute[ray]')",
+    )
+    run.add_argument(
+        "--ray-address",
+        metavar="ADDR",
+        help="the Ray cluster to join (as `ray.init(address=...)`); default: a local one",
+    )
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     run.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
 
@@ -346,6 +357,10 @@ def _run(args: argparse.Namespace) -> int:
     from batchroute.options import RunOptions
 
     job = load_job(args.job)  # before the runner's imports: a bad job file fails in a blink
+    engine = {"engine": args.engine} if args.engine else {}
+    address = {"ray_address": args.ray_address} if args.ray_address else {}
+    if engine or address:
+        job = job.model_copy(update={"run": job.run.model_copy(update={**engine, **address})})
     from batchroute.runner import run
     from batchroute.shadow import shadow_lines
 
@@ -362,7 +377,11 @@ def _run(args: argparse.Namespace) -> int:
     print(report.summary_line)
     for line in shadow_lines(report.summary.get("routes", {})):
         print(line)
-    print(f"results: {report.results_path}  calls: {report.calls_path}")
+    results, calls = (
+        job.output.url or report.results_path,
+        job.output.calls_url or report.calls_path,
+    )
+    print(f"results: {results}  calls: {calls}")
     if report.stop_error is not None:
         print(f"batchroute: stopped: {report.stop_error}", file=sys.stderr)
         print(

@@ -56,10 +56,21 @@ class CsvLayout:
         self, path: Path, *, block_bytes: int, as_text: bool = False
     ) -> Iterator[pacsv.CSVStreamingReader]:
         """pyarrow's streaming reader with these types (every column as text: `as_text`)."""
+        read = pacsv.ReadOptions(block_size=block_bytes)
+        with pacsv.open_csv(
+            path,
+            read_options=read,
+            parse_options=self.parse_options(),
+            convert_options=self.convert_options(as_text=as_text),
+        ) as stream:
+            yield stream
+
+    def convert_options(self, *, as_text: bool = False) -> pacsv.ConvertOptions:
+        """How each field converts: these types (the Ray engine's reader uses them too)."""
         column_types = {
             name: pa.string() if as_text else ARROW_TYPES[kind] for name, kind in self.types.items()
         }
-        convert = pacsv.ConvertOptions(
+        return pacsv.ConvertOptions(
             column_types=column_types,
             # What polars reads as null: an empty field, in a column of numbers, booleans or
             # dates; text keeps its empty strings (the prompt names an empty column).
@@ -68,14 +79,12 @@ class CsvLayout:
             true_values=_every_case("true"),
             false_values=_every_case("false"),
         )
+
+    @staticmethod
+    def parse_options() -> pacsv.ParseOptions:
         # Quoted fields may span lines (prompts often do); polars reads them so, and so must
         # this reader, or the two would count different rows.
-        parse = pacsv.ParseOptions(newlines_in_values=True)
-        read = pacsv.ReadOptions(block_size=block_bytes)
-        with pacsv.open_csv(
-            path, read_options=read, parse_options=parse, convert_options=convert
-        ) as stream:
-            yield stream
+        return pacsv.ParseOptions(newlines_in_values=True)
 
 
 def _every_case(word: str) -> list[str]:

@@ -78,6 +78,7 @@ class Dataset:
             ids = self._read_csv_once()
         if limit_rows is not None:
             self.num_rows = min(self.num_rows, limit_rows)
+        self.ids = ids  # the id column, read once (MultiDataset checks them across files)
         if id_column is not None:
             assert ids is not None
             self._check_ids(ids)
@@ -202,13 +203,76 @@ class Dataset:
             raise DatasetError(f"{self.where}: cannot read the input: {one_line(exc)}") from None
 
 
+class MultiDataset(Dataset):
+    """Several files read as one dataset, in the order given (a directory's or a glob's files,
+    sorted). Every file must have the same columns and types. Row ids: the id column, unique
+    across all files, else the row's index counted across the files in order."""
+
+    def __init__(self, path: Path, parts: list[Dataset], *, where: str) -> None:
+        first = parts[0]
+        self.path = path
+        self.where = where
+        self.parts = parts
+        self.id_column = first.id_column
+        self.batch_rows = first.batch_rows
+        self.limit_rows = first.limit_rows
+        self.format = first.format
+        self.layout = first.layout
+        self.schema = first.schema
+        for part in parts[1:]:
+            if part.schema != first.schema:
+                raise DatasetError(
+                    f"{where}: {part.path} has other columns or types than {first.path}"
+                    f" ({_schema_text(part.schema)} vs {_schema_text(first.schema)});"
+                    " for CSV, input.schema sets a column's type"
+                )
+        self.num_rows = sum(part.num_rows for part in parts)
+        self.ids = None
+        if self.id_column is not None:
+            series = [part.ids for part in parts if part.ids is not None]
+            self.ids = pl.concat([s.head(p.num_rows) for s, p in zip(series, parts, strict=True)])
+            self._check_ids(self.ids)
+
+    def batches(self) -> Iterator[Batch]:
+        offset = 0
+        for part in self.parts:
+            for batch in part.batches():
+                row_ids = batch.row_ids
+                if self.id_column is None:
+                    row_ids = [offset + int(i) for i in row_ids]  # type: ignore[call-overload]
+                yield Batch(start=offset + batch.start, frame=batch.frame, row_ids=row_ids)
+            offset += part.num_rows
+
+
+def _schema_text(schema: Mapping[str, pl.DataType]) -> str:
+    return ", ".join(f"{name}: {dtype}" for name, dtype in schema.items())
+
+
 def open_dataset(job: Job, *, limit_rows: int | None = None) -> Dataset:
-    """The dataset of `job`'s `[input]`."""
-    return Dataset(
-        job.input.path,
-        id_column=job.input.id,
-        batch_rows=job.input.batch_rows,
-        limit_rows=limit_rows,
-        column_types=job.input.schema_,
-        source=job.source,
-    )
+    """The dataset of `job`'s `[input]`: one file, or every file of a directory or glob."""
+    from batchroute.engines.paths import local_files
+
+    where = f"{job.source}: input.path: {job.input.path}"
+    if job.input.url is not None:
+        where = f"{job.source}: input.path: {job.input.url}"
+    files = local_files(job.input.path, where=where)
+    parts: list[Dataset] = []
+    remaining = limit_rows
+    for file in files:
+        if remaining is not None and remaining <= 0 and parts:
+            break
+        parts.append(
+            Dataset(
+                file,
+                id_column=job.input.id,
+                batch_rows=job.input.batch_rows,
+                limit_rows=remaining,
+                column_types=job.input.schema_,
+                source=job.source,
+            )
+        )
+        if remaining is not None:
+            remaining -= parts[-1].num_rows
+    if len(files) == 1:
+        return parts[0]
+    return MultiDataset(job.input.path, parts, where=where)

@@ -41,6 +41,7 @@ from batchroute.job_sections import (
     RunConfig,
     Section,
     SimulatorConfig,
+    StorageOptions,
     StoreConfig,
     duration_s,
 )
@@ -65,6 +66,7 @@ __all__ = [
     "RuleConfig",
     "RunConfig",
     "SimulatorConfig",
+    "StorageOptions",
     "StoreConfig",
     "duration_s",
     "load_job",

@@ -11,7 +11,6 @@ from pydantic import (
     model_validator,
 )
 
-from batchroute.check_config import CheckConfig as CheckConfig  # re-exported
 from batchroute.check_config import Checks, as_check_list
 from batchroute.job_sections import Params, Section
 from batchroute.prompts import PromptTemplate

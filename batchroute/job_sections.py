@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -16,7 +17,6 @@ from pydantic import (
     model_validator,
 )
 
-from batchroute.check_config import CheckConfig as CheckConfig  # re-exported
 from batchroute.prompts import PromptTemplate
 
 EMBEDDED = "embedded"
@@ -31,8 +31,33 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class StorageOptions(Section):
+    """How to reach an object store: where, and the NAMES of the variables holding the keys."""
+
+    endpoint_url: str | None = None  # e.g. http://127.0.0.1:9000 (MinIO, moto); default AWS
+    region: str | None = None
+    access_key_id_env: str | None = None
+    secret_access_key_env: str | None = None
+    session_token_env: str | None = None
+    anonymous: bool = False
+
+
+def _is_url(value: object) -> bool:
+    return isinstance(value, str) and "://" in value
+
+
+def _staged(url: str, *, name: str) -> str:
+    """Where the local copy of an object-store URL lives, relative to the job file."""
+    digest = hashlib.blake2b(url.encode(), digest_size=6).hexdigest()
+    return f".batchroute/remote/{digest}/{name}"
+
+
 class InputConfig(Section):
+    # A file, a directory, a glob (`data/part-*.parquet`), or an object-store URL (`s3://...`,
+    # kept in `url`; `path` is then where its files are copied for the local engine).
     path: Path
+    url: str | None = None
+    storage_options: StorageOptions | None = None
     id: str | None = None
     prompt: str | None = None
     system: str | None = None
@@ -56,6 +81,16 @@ class InputConfig(Section):
             raise ValueError("'system' applies to 'prompt' templates; put it in the messages")
         return self
 
+    @model_validator(mode="before")
+    @classmethod
+    def _url_path(cls, data: Any) -> Any:
+        if isinstance(data, dict) and _is_url(data.get("path")):
+            url = str(data["path"])
+            if not url.startswith("s3://"):
+                raise ValueError("path: the only object store supported is s3:// (URL given)")
+            data = {**data, "url": url, "path": _staged(url, name="input")}
+        return data
+
     def template(self) -> PromptTemplate | None:
         return PromptTemplate.parse(self.prompt) if self.prompt is not None else None
 
@@ -66,6 +101,30 @@ class InputConfig(Section):
 class OutputConfig(Section):
     path: Path
     calls: Path | None = None  # default: <results stem>.calls.parquet beside the results
+    # An s3:// URL given as `path` (`calls`): kept here; `path` is the local file written,
+    # then uploaded to the URL when the run ends.
+    url: str | None = None
+    calls_url: str | None = None
+    storage_options: StorageOptions | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _url_paths(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for key, url_key in (("path", "url"), ("calls", "calls_url")):
+            if _is_url(data.get(key)):
+                url = str(data[key])
+                if not url.startswith("s3://") or url.endswith("/"):
+                    raise ValueError(f"{key}: an object-store output is an s3:// URL of a file")
+                data[url_key] = url
+                data[key] = _staged(url, name=url.rsplit("/", 1)[-1])
+        if data.get("url") is not None and data.get("calls") is None:
+            url = str(data["url"])
+            stem = url.rsplit("/", 1)[-1].rsplit(".", 1)[0]
+            data["calls_url"] = f"{url.rsplit('/', 1)[0]}/{stem}.calls.parquet"
+        return data
 
     @property
     def calls_path(self) -> Path:
@@ -234,6 +293,11 @@ class Params(Section):
 
 
 class RunConfig(Section):
+    # `ray`: Ray Data reads the input and `workers` actors run the rows (engines/ray_engine.py)
+    engine: Literal["local", "ray"] = "local"
+    workers: Annotated[int, Field(gt=0, le=10_000)] = 2  # Ray engine: worker actors
+    worker_cpus: Annotated[float, Field(gt=0)] = 0.25  # Ray engine: CPUs each worker reserves
+    ray_address: str | None = None  # Ray engine: a cluster to join; none: start a local one
     concurrency: Annotated[int, Field(gt=0, le=100_000)] = 64
     max_attempts: Annotated[int, Field(gt=0, le=50)] = 4
     backoff_base_s: Annotated[float, Field(ge=0)] = 0.5

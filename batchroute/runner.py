@@ -8,6 +8,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -21,6 +22,7 @@ from batchroute.caller import Caller
 from batchroute.control import RunControl
 from batchroute.dataset import Batch
 from batchroute.endpoints import endpoint_urls, used_endpoints
+from batchroute.engines.paths import check_remote_outputs, stage_input, upload_outputs
 from batchroute.errors import BatchrouteError, DatasetError, Interrupted, OutputError, RunStopped
 from batchroute.executor import Executor
 from batchroute.interrupts import watch_signals
@@ -80,6 +82,11 @@ async def arun(job: Job, options: RunOptions | None = None) -> RunReport:
     options = options or RunOptions()
     try:
         async with contextlib.AsyncExitStack() as stack:
+            # Object-store inputs are copied in (the checks before the first call read them;
+            # the Ray engine's workers then read the URL itself), outputs checked now and
+            # uploaded at the end (engines/paths.py).
+            await anyio.to_thread.run_sync(partial(check_remote_outputs, job, force=options.force))
+            await anyio.to_thread.run_sync(stage_input, job)
             prep = await anyio.to_thread.run_sync(prepare, job, options)
             stack.callback(prep.close)  # the store, and the job's lock
             # Starting the embedded simulator, if any endpoint is one, blocks: a worker thread.
@@ -87,7 +94,14 @@ async def arun(job: Job, options: RunOptions | None = None) -> RunReport:
                 base_urls = await anyio.to_thread.run_sync(stack.enter_context, endpoint_urls(job))
             else:  # the factory's transports answer; nothing listens
                 base_urls = {name: e.base_url for name, e in used_endpoints(job).items()}
-            return await _Run(job, prep, options).execute(base_urls)
+            if job.run.engine == "ray":
+                from batchroute.engines.ray_engine import RayRun
+
+                report = await RayRun(job, prep, options).execute(base_urls)
+            else:
+                report = await _Run(job, prep, options).execute(base_urls)
+            await anyio.to_thread.run_sync(upload_outputs, job)
+            return report
     except BaseExceptionGroup as group:
         # A task group wraps what its tasks raised; our own errors (bad data met mid-stream,
         # an interrupt) must reach the caller as themselves, to become one-line messages.

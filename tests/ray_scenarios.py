@@ -1,0 +1,213 @@
+"""Fault scenarios of the Ray engine, run by tests/test_ray_faults.py inside a loopback-only
+network namespace: each starts a simulator, runs the real CLI on Ray, breaks something, and
+prints one JSON line of what the simulator's ledger and the outputs say.
+
+    python tests/ray_scenarios.py worker|driver DIRECTORY
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import polars as pl
+
+sys.path.insert(0, str(Path(__file__).parent))
+from helpers import write_sim_models, write_tasks  # noqa: E402
+
+from batchroute.sim import running_simulator  # noqa: E402
+
+ROWS = 200
+BUDGET = 0.0005
+CONCURRENCY = 8  # per worker: at most this many calls of a worker are in flight
+
+# A python check that kills its own worker process once, at one row: a real crash of a Ray
+# actor mid-batch, after that row's call was paid.
+CRASHY = """
+import os
+from pathlib import Path
+
+
+def check(row, answer):
+    marker = Path(__file__).with_name("crashed")
+    if row["task_id"] == "task-0120" and not marker.exists():
+        marker.write_text(str(os.getpid()))
+        os._exit(1)
+    return True
+"""
+
+
+def _job(directory: Path, base_url: str, *, check: bool) -> Path:
+    checked = '[check]\ntype = "python"\nfunction = "crashy:check"\n' if check else ""
+    job = directory / "job.toml"
+    job.write_text(
+        textwrap.dedent(
+            f"""
+            [input]
+            path = "tasks.parquet"
+            id = "task_id"
+            prompt = "Label: {{text}}"
+            batch_rows = 20
+            [output]
+            path = "out/results.parquet"
+            [endpoint]
+            base_url = "{base_url}"
+            [route]
+            strategy = "fixed"
+            model = "t/slow"
+            [run]
+            engine = "ray"
+            workers = 2
+            worker_cpus = 0.25
+            concurrency = {CONCURRENCY}
+            """
+        )
+        + checked,
+        encoding="utf-8",
+    )
+    return job
+
+
+def _command(job: Path) -> list[str]:
+    return [sys.executable, "-m", "batchroute", "run", str(job), "-q"]
+
+
+def _outcome(directory: Path, sim_ledger: dict, **extra: object) -> dict[str, object]:
+    results = pl.read_parquet(directory / "out/results.parquet")
+    return {
+        "rows": results.height,
+        "unique_ids": results["task_id"].n_unique(),
+        "ok": int((results["status"] == "ok").sum()),
+        "requests": sim_ledger["models"]["t/slow"]["requests"],
+        **extra,
+    }
+
+
+def worker(directory: Path) -> dict[str, object]:
+    (directory / "crashy.py").write_text(CRASHY, encoding="utf-8")
+    with running_simulator(models=_models(directory)) as sim:
+        job = _job(directory, sim.base_url, check=True)
+        done = subprocess.run(_command(job), capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            return {"error": done.stderr[-2000:]}
+        return _outcome(
+            directory, sim.ledger(), crashed=(directory / "crashed").exists(), rc=done.returncode
+        )
+
+
+def driver(directory: Path) -> dict[str, object]:
+    with running_simulator(models=_models(directory)) as sim:
+        job = _job(directory, sim.base_url, check=False)
+        # Its own session: the kill takes the driver and the Ray processes it started.
+        first = subprocess.Popen(
+            _command(job),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        while sim.ledger()["models"]["t/slow"]["requests"] < ROWS // 3:
+            if first.poll() is not None:
+                return {"error": "the first run ended before it was killed"}
+            time.sleep(0.05)
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+        paid_before = sim.ledger()["models"]["t/slow"]["requests"]
+        done = subprocess.run(_command(job), capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            return {"error": done.stderr[-2000:]}
+        return _outcome(directory, sim.ledger(), paid_before_kill=paid_before, rc=done.returncode)
+
+
+def s3(directory: Path) -> dict[str, object]:
+    """Input parts under an s3:// prefix and the output to s3://, on moto's server."""
+    import pyarrow.parquet as pq
+    from helpers import make_tasks
+    from s3_server import KEY_ENV, KEY_VALUE, SECRET_ENV, SECRET_VALUE, running_s3
+
+    whole = make_tasks(60)
+    with running_s3() as server, running_simulator(models=_models(directory)) as sim:
+        fs = server.filesystem()
+        fs.create_dir("lake")
+        for number in range(3):
+            with fs.open_output_stream(f"lake/in/part-{number}.parquet") as sink:
+                pq.write_table(whole.slice(number * 20, 20).to_arrow(), sink)
+        job = _job(directory, sim.base_url, check=False)
+        options = server.storage_options()
+        text = job.read_text(encoding="utf-8")
+        text = text.replace(
+            'path = "tasks.parquet"', f'path = "s3://lake/in/"\nstorage_options = {options}'
+        )
+        text = text.replace(
+            'path = "out/results.parquet"',
+            f'path = "s3://lake/out/results.parquet"\nstorage_options = {options}',
+        )
+        job.write_text(text, encoding="utf-8")
+        env = {**os.environ, KEY_ENV: KEY_VALUE, SECRET_ENV: SECRET_VALUE}
+        done = subprocess.run(_command(job), capture_output=True, text=True, check=False, env=env)
+        if done.returncode != 0:
+            return {"error": done.stderr[-2000:]}
+        with fs.open_input_file("lake/out/results.parquet") as handle:
+            results = pl.read_parquet(handle)
+        paid = sim.ledger()["models"]["t/slow"]["requests"]
+        # The same job again: a new run, answered from the store (the cross-run cache).
+        again = subprocess.run(_command(job), capture_output=True, text=True, check=False, env=env)
+        with fs.open_input_file("lake/out/results.parquet") as handle:
+            cached = pl.read_parquet(handle)["cached"].to_list()
+        return {
+            "ids_in_order": results["task_id"].to_list() == whole["task_id"].to_list(),
+            "ok": int((results["status"] == "ok").sum()),
+            "requests": paid,
+            "again_rc": again.returncode,
+            "requests_after_again": sim.ledger()["models"]["t/slow"]["requests"],
+            "all_cached_again": all(cached),
+        }
+
+
+def budget(directory: Path) -> dict[str, object]:
+    """Two workers under one budget of some 80 calls: their spend together stays within it."""
+    with running_simulator(models=_models(directory)) as sim:
+        job = _job(directory, sim.base_url, check=False)
+        text = job.read_text(encoding="utf-8").replace(
+            "[route]",
+            '[models."t/slow"]\nusd_per_mtok = { input = 0.2, output = 0.8 }\n'
+            "[params]\nmax_tokens = 8\n[route]",
+        )
+        # A call is charged about $0.0000063 and estimated (8 tokens at most) at $0.0000084;
+        # 200 rows, $0.00125. A budget of $0.0005 covers some 70 calls: two workers each
+        # holding it on their own would spend it twice.
+        job.write_text(text + f"budget_usd = {BUDGET}\n", encoding="utf-8")
+        done = subprocess.run(_command(job), capture_output=True, text=True, check=False)
+        results = pl.read_parquet(directory / "out/results.parquet")
+        ledger = sim.ledger()
+        return {
+            "rc": done.returncode,
+            "stderr": done.stderr[-300:],
+            "ok": int((results["status"] == "ok").sum()),
+            "skipped": int((results["status"] == "skipped").sum()),
+            "charged": ledger["total_charged_usd"],
+            "cost_usd": results["cost_usd"].sum(),
+        }
+
+
+def _models(directory: Path) -> Path:
+    write_tasks(directory, ROWS)
+    return write_sim_models(
+        directory,
+        """
+        [models."t/slow"]
+        usd_per_mtok = { input = 0.2, output = 0.8 }
+        latency_ms = { mean = 100, jitter = 0 }
+        """,
+    )
+
+
+if __name__ == "__main__":
+    scenario, where = sys.argv[1], Path(sys.argv[2])
+    outcome = {"worker": worker, "driver": driver, "s3": s3, "budget": budget}[scenario](where)
+    print(json.dumps(outcome))

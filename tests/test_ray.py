@@ -1,0 +1,221 @@
+"""The Ray engine on a real local Ray cluster, inside a network namespace with only loopback.
+
+Ray binds every interface by default; each run here is the real CLI started under
+`unshare --net` (root only), so nothing listens on or reaches anything but 127.0.0.1. The
+embedded simulator runs in the same namespace, in the driver.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import polars as pl
+import pytest
+from helpers import write_sim_models, write_tasks
+
+from batchroute.sink import read_metadata
+
+pytest.importorskip("ray", reason="the Ray engine needs the ray extra: pip install '.[ray]'")
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO = ROOT / "jobs" / "demo.toml"
+
+
+def _netns_works() -> bool:
+    if shutil.which("unshare") is None:
+        return False
+    probe = subprocess.run(
+        ["unshare", "--net", "sh", "-c", "ip link set lo up"], capture_output=True, check=False
+    )
+    return probe.returncode == 0
+
+
+pytestmark = pytest.mark.skipif(
+    not _netns_works(),
+    reason="Ray tests run in a loopback-only network namespace: needs `unshare --net` (root)",
+)
+
+
+def run_in_netns(*args: str | Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """The real `batchroute` command in a network namespace of its own with only loopback."""
+    command = [sys.executable, "-m", "batchroute", *map(str, args)]
+    return subprocess.run(
+        ["unshare", "--net", "sh", "-c", 'ip link set lo up && exec "$@"', "sh", *command],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def run_local(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "batchroute", *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+
+
+def _demo_in(directory: Path, *, output: str) -> Path:
+    """The demo job, reading the demo data, writing into `directory` (its own store)."""
+    directory.mkdir(parents=True)
+    text = DEMO.read_text(encoding="utf-8")
+    text = text.replace('"../data/demo_tickets.parquet"', f'"{ROOT / "data/demo_tickets.parquet"}"')
+    text = text.replace('"../out/demo.cascade.parquet"', f'"{output}"')
+    job = directory / "demo.toml"
+    job.write_text(text, encoding="utf-8")
+    return job
+
+
+@pytest.mark.timeout(600)
+def test_the_demo_on_ray_with_two_workers_matches_the_local_engine_row_for_row(
+    tmp_path: Path,
+) -> None:
+    local_job = _demo_in(tmp_path / "local", output="out/demo.parquet")
+    ray_job = _demo_in(tmp_path / "ray", output="out/demo.parquet")
+    local = run_local("run", local_job, "-q")
+    assert local.returncode == 0, local.stderr
+    on_ray = run_in_netns("run", ray_job, "-q", "--engine", "ray")
+    assert on_ray.returncode == 0, on_ray.stderr
+
+    a = pl.read_parquet(tmp_path / "local/out/demo.parquet")
+    b = pl.read_parquet(tmp_path / "ray/out/demo.parquet")
+    assert a.schema == b.schema
+    assert b.height == 3000
+    same = ["ticket_id", "answer", "model", "plan", "escalated", "tiers_tried", "status"]
+    assert a.select(same).equals(b.select(same))  # row for row, in input order
+    assert a["cost_usd"].to_list() == pytest.approx(b["cost_usd"].to_list(), abs=1e-12)
+    assert b["escalated"].sum() > 0  # the cascade did escalate
+
+    calls_a = pl.read_parquet(tmp_path / "local/out/demo.calls.parquet")
+    calls_b = pl.read_parquet(tmp_path / "ray/out/demo.calls.parquet")
+    assert calls_a.schema == calls_b.schema
+    key = ["row_id", "tier", "model", "attempt"]
+    assert (
+        calls_a.sort(key)
+        .select([*key, "charge_usd"])
+        .equals(calls_b.sort(key).select([*key, "charge_usd"]))
+    )
+    meta_a = read_metadata(tmp_path / "local/out/demo.parquet")
+    meta_b = read_metadata(tmp_path / "ray/out/demo.parquet")
+    assert set(meta_a) == set(meta_b)
+    assert meta_b["summary"]["rows"] == meta_a["summary"]["rows"] == 3000
+    assert meta_b["summary"]["cost_usd"] == pytest.approx(meta_a["summary"]["cost_usd"])
+
+
+RPM = 1200  # 20 requests a second: 500 rows take about 25 s once the workers are up
+ROWS = 500
+
+
+@pytest.mark.timeout(600)
+def test_four_workers_share_one_rpm_through_the_lease_service(tmp_path: Path) -> None:
+    """Each worker would send the job's rpm on its own; the lease service holds them to it.
+
+    The simulator counts a sliding minute and answers the excess with 429s (every call is in
+    the calls table, 429s too).
+    """
+    models = write_sim_models(
+        tmp_path,
+        f"""
+        [models."t/limited"]
+        usd_per_mtok = {{ input = 0.2, output = 0.8 }}
+        latency_ms = {{ mean = 20, jitter = 0 }}
+        rpm = {RPM}
+        """,
+    )
+    write_tasks(tmp_path, ROWS)
+    job = tmp_path / "job.toml"
+    job.write_text(
+        textwrap.dedent(
+            f"""
+            [input]
+            path = "tasks.parquet"
+            id = "task_id"
+            prompt = "Label: {{text}}"
+            batch_rows = 25
+            [output]
+            path = "out/results.parquet"
+            [endpoint]
+            base_url = "embedded"
+            [simulator]
+            models = "{models.name}"
+            [models."t/limited"]
+            rpm = {RPM}
+            [route]
+            strategy = "fixed"
+            model = "t/limited"
+            [run]
+            engine = "ray"
+            workers = 4
+            worker_cpus = 0.2
+            concurrency = 32
+            """
+        ),
+        encoding="utf-8",
+    )
+    done = run_in_netns("run", job, "-q", "--no-cache")
+    assert done.returncode == 0, done.stderr
+    calls = pl.read_parquet(tmp_path / "out/results.calls.parquet")
+    ok = calls.filter(pl.col("status_code") == 200)
+    limited = calls.filter(pl.col("status_code") == 429)
+    assert ok.height == ROWS
+    assert limited.height / calls.height < 0.005
+    # The rate while calls flowed (Ray's start-up is not the limiter's doing).
+    first = ok["started_at"].min()
+    last = ok["started_at"].max()
+    span_s = (last - first).total_seconds()  # type: ignore[operator]
+    achieved_per_min = (ok.height - 1) / span_s * 60
+    # Near the limit, never past it: four workers each pacing on their own would send 4x.
+    assert 0.97 <= achieved_per_min / RPM <= 1.02
+
+
+@pytest.mark.timeout(600)
+def test_a_csv_directory_on_ray_reads_the_types_the_local_engine_reads(tmp_path: Path) -> None:
+    """Two CSV files with a code column (text by input.schema; one file alone would read as
+    numbers) and a bool in any case: Ray Data's reader gets the local engine's column types,
+    so both write the same rows."""
+    for name, engine in (("local", "local"), ("ray", "ray")):
+        directory = tmp_path / name
+        (directory / "parts").mkdir(parents=True)
+        (directory / "parts" / "a.csv").write_text(
+            "task_id,code,urgent,text\nt1,007,True,box one\nt2,010,false,box two\n",
+            encoding="utf-8",
+        )
+        (directory / "parts" / "b.csv").write_text(
+            "task_id,code,urgent,text\nt3,123,TRUE,box three\n", encoding="utf-8"
+        )
+        (directory / "job.toml").write_text(
+            textwrap.dedent(
+                f"""
+                [input]
+                path = "parts"
+                id = "task_id"
+                prompt = "Label {{code}} ({{urgent}}): {{text}}"
+                schema = {{ code = "str" }}
+                [output]
+                path = "out/results.parquet"
+                [endpoint]
+                base_url = "embedded"
+                [route]
+                strategy = "fixed"
+                model = "openai/gpt-4o-mini"
+                [run]
+                engine = "{engine}"
+                workers = 1
+                """
+            ),
+            encoding="utf-8",
+        )
+    local = run_local("run", tmp_path / "local/job.toml", "-q")
+    assert local.returncode == 0, local.stderr
+    on_ray = run_in_netns("run", tmp_path / "ray/job.toml", "-q")
+    assert on_ray.returncode == 0, on_ray.stderr
+    a = pl.read_parquet(tmp_path / "local/out/results.parquet")
+    b = pl.read_parquet(tmp_path / "ray/out/results.parquet")
+    assert a.schema == b.schema
+    assert b["code"].to_list() == ["007", "010", "123"]
+    assert b["urgent"].to_list() == [True, False, True]
+    assert a.select("task_id", "answer", "cost_usd").equals(
+        b.select("task_id", "answer", "cost_usd")
+    )
