@@ -190,7 +190,8 @@ class RayRun(_Run):
                 self.errors[result.error or "unknown error"] += 1
             calls.extend(result.calls)
         bar.update(len(results))
-        frame = results_frame(results, id_dtype=self.id_dtype).select(list(self.result_cols))
+        frame = results_frame(results, id_dtype=self.id_dtype, parser=self.parser)
+        frame = frame.select(list(self.result_cols))
         inputs = inputs.select(list(self.input_schema)).cast(self.input_schema)  # type: ignore[arg-type]
         results_sink.write(pl.concat([inputs, frame], how="horizontal"))
         calls_sink.write(calls_frame(calls, id_dtype=self.id_dtype))
