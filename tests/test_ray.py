@@ -85,23 +85,29 @@ def test_the_demo_on_ray_with_two_workers_matches_the_local_engine_row_for_row(
     assert b.height == 3000
     same = ["ticket_id", "answer", "model", "plan", "escalated", "tiers_tried", "status"]
     assert a.select(same).equals(b.select(same))  # row for row, in input order
-    assert a["cost_usd"].to_list() == pytest.approx(b["cost_usd"].to_list(), abs=1e-12)
+    # Identical requests share one call within a worker only (`run.dedupe`), so which of two
+    # identical rows paid may differ; what each row's answer cost, paid or shared, may not.
+    answer_cost = pl.col("cost_usd").fill_null(0) + pl.col("shared_cost_usd").fill_null(0)
+    cost_a, cost_b = a.select(answer_cost).to_series(), b.select(answer_cost).to_series()
+    assert cost_a.to_list() == pytest.approx(cost_b.to_list(), abs=1e-12)
+    assert b["cost_usd"].sum() >= a["cost_usd"].sum() - 1e-9  # workers share less
     assert b["escalated"].sum() > 0  # the cascade did escalate
 
     calls_a = pl.read_parquet(tmp_path / "local/out/demo.calls.parquet")
     calls_b = pl.read_parquet(tmp_path / "ray/out/demo.calls.parquet")
     assert calls_a.schema == calls_b.schema
     key = ["row_id", "tier", "model", "attempt"]
+    charged = (pl.col("charge_usd").fill_null(0) + pl.col("shared_charge_usd").fill_null(0)).alias(
+        "charged"
+    )
     assert (
-        calls_a.sort(key)
-        .select([*key, "charge_usd"])
-        .equals(calls_b.sort(key).select([*key, "charge_usd"]))
+        calls_a.sort(key).select([*key, charged]).equals(calls_b.sort(key).select([*key, charged]))
     )
     meta_a = read_metadata(tmp_path / "local/out/demo.parquet")
     meta_b = read_metadata(tmp_path / "ray/out/demo.parquet")
     assert set(meta_a) == set(meta_b)
     assert meta_b["summary"]["rows"] == meta_a["summary"]["rows"] == 3000
-    assert meta_b["summary"]["cost_usd"] == pytest.approx(meta_a["summary"]["cost_usd"])
+    assert meta_b["summary"]["cost_usd"] >= meta_a["summary"]["cost_usd"] - 1e-9
 
 
 RPM = 1200  # 20 requests a second: 500 rows take about 25 s once the workers are up

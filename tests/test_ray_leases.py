@@ -89,7 +89,7 @@ def test_a_worker_leases_only_what_its_waiting_rows_ask_for() -> None:
         limits = LeasedLimits(job, remote=spying, token_capacity={})
 
         async def row() -> None:
-            async with limits["m"].call(20):
+            async with limits["m"].call(prompt_tokens=10, max_tokens=10):
                 pass
 
         async with anyio.create_task_group() as tg:
