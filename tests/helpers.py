@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import polars as pl
@@ -123,3 +125,37 @@ def run_cli(
 def sim_draw(prompt: str, model: str) -> Draw:
     """What the shared test simulator answers `model` for the user message `prompt`."""
     return draw(prompt, model=model, skill=SKILLS[model], seed=SIM_SEED)
+
+
+# --- a run in the background, stopped at a chosen point (kill -9, a second run, a lower
+# concurrency): it is watched through the call store it commits to.
+
+
+def stored_calls(store: Path) -> int:
+    """How many calls the store at `store` holds; 0 before the run has created it."""
+    if not store.exists():
+        return 0
+    try:
+        with sqlite3.connect(f"file:{store}?mode=ro", uri=True, timeout=1) as db:
+            return int(db.execute("SELECT count(*) FROM calls").fetchone()[0])
+    except sqlite3.OperationalError:  # the schema is not created yet
+        return 0
+
+
+def start_run(job: Path) -> subprocess.Popen[str]:
+    """`batchroute run JOB -q` in the background."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "batchroute", "run", str(job), "-q"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_for_calls(store: Path, count: int, process: subprocess.Popen[str]) -> None:
+    """Until the running `process` has committed `count` calls; fails if it ends first."""
+    deadline = time.monotonic() + 60
+    while stored_calls(store) < count:
+        assert process.poll() is None, "the run ended before the point it was to stop at"
+        assert time.monotonic() < deadline, "the run made no progress"
+        time.sleep(0.01)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import signal
 import sqlite3
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -14,7 +12,16 @@ from typing import Any
 
 import polars as pl
 import pytest
-from helpers import job_text, run_cli, write_job, write_sim_models, write_tasks
+from helpers import (
+    job_text,
+    run_cli,
+    start_run,
+    stored_calls,
+    wait_for_calls,
+    write_job,
+    write_sim_models,
+    write_tasks,
+)
 
 from batchroute import read_calls, read_results
 from batchroute.sim import SimulatorHandle, running_simulator
@@ -75,33 +82,6 @@ def _cascade_job(
     return write_job(directory, body)
 
 
-def _stored_calls(store: Path) -> int:
-    if not store.exists():
-        return 0
-    try:
-        with sqlite3.connect(f"file:{store}?mode=ro", uri=True, timeout=1) as db:
-            return int(db.execute("SELECT count(*) FROM calls").fetchone()[0])
-    except sqlite3.OperationalError:  # the schema is not created yet
-        return 0
-
-
-def _start_run(job: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "batchroute", "run", str(job), "-q"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def _wait_for_calls(store: Path, count: int, process: subprocess.Popen[str]) -> None:
-    deadline = time.monotonic() + 60
-    while _stored_calls(store) < count:
-        assert process.poll() is None, "the run ended before the kill point"
-        assert time.monotonic() < deadline, "the run made no progress"
-        time.sleep(0.01)
-
-
 @pytest.fixture(scope="module")
 def reference(dsim: SimulatorHandle, tmp_path_factory: pytest.TempPathFactory) -> Reference:
     """One uninterrupted run: its results, what the provider charged, the dearest call."""
@@ -137,13 +117,13 @@ def test_kill_9_then_resume_pays_only_for_calls_in_flight(
     job = _cascade_job(tmp_path, dsim, rows=300)
     store = tmp_path / ".batchroute/store.sqlite"
     dsim.reset()
-    process = _start_run(job)
-    _wait_for_calls(store, kill_after_calls, process)
+    process = start_run(job)
+    wait_for_calls(store, kill_after_calls, process)
     process.send_signal(signal.SIGKILL)
     process.wait()
     time.sleep(0.2)  # let the simulator finish answering the dead client's calls
     sent_before_kill = _requests(dsim.ledger())
-    stored_before_kill = _stored_calls(store)
+    stored_before_kill = stored_calls(store)
     assert not (tmp_path / "out/results.parquet").exists()  # nothing half-written in place
 
     resumed = run_cli("run", job)
@@ -257,8 +237,8 @@ def test_sigterm_writes_finished_rows_and_the_same_command_resumes(
 ) -> None:
     expected = reference.results
     job = _cascade_job(tmp_path, dsim, rows=300)
-    process = _start_run(job)
-    _wait_for_calls(tmp_path / ".batchroute/store.sqlite", 60, process)
+    process = start_run(job)
+    wait_for_calls(tmp_path / ".batchroute/store.sqlite", 60, process)
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, stderr

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import signal
-import sqlite3
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +11,16 @@ from typing import Any
 
 import polars as pl
 import pytest
-from helpers import job_text, run_cli, write_job, write_sim_models, write_tasks
+from helpers import (
+    job_text,
+    run_cli,
+    start_run,
+    stored_calls,
+    wait_for_calls,
+    write_job,
+    write_sim_models,
+    write_tasks,
+)
 
 from batchroute import read_calls, read_results
 from batchroute.sim import SimulatorHandle, running_simulator
@@ -41,33 +48,6 @@ def _requests(ledger: dict[str, Any]) -> int:
     return sum(model["requests"] for model in ledger["models"].values())
 
 
-def _stored_calls(store: Path) -> int:
-    if not store.exists():
-        return 0
-    try:
-        with sqlite3.connect(f"file:{store}?mode=ro", uri=True, timeout=1) as db:
-            return int(db.execute("SELECT count(*) FROM calls").fetchone()[0])
-    except sqlite3.OperationalError:  # the schema is not created yet
-        return 0
-
-
-def _start_run(job: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "batchroute", "run", str(job), "-q"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def _wait_for_calls(store: Path, count: int, process: subprocess.Popen[str]) -> None:
-    deadline = time.monotonic() + 60
-    while _stored_calls(store) < count:
-        assert process.poll() is None, "the run ended before the kill point"
-        assert time.monotonic() < deadline, "the run made no progress"
-        time.sleep(0.01)
-
-
 def _kill_9(process: subprocess.Popen[str]) -> None:
     process.send_signal(signal.SIGKILL)
     process.communicate()
@@ -81,12 +61,12 @@ def test_a_run_killed_then_rerun_with_less_concurrency_resumes_its_own_run(
     job = write_job(tmp_path, body.replace("concurrency = 16", "concurrency = 32"))
     store = tmp_path / ".batchroute/store.sqlite"
     slow_sim.reset()
-    process = _start_run(job)
-    _wait_for_calls(store, 60, process)
+    process = start_run(job)
+    wait_for_calls(store, 60, process)
     _kill_9(process)
     time.sleep(0.2)  # let the simulator finish answering the dead client's calls
     sent_before_kill = _requests(slow_sim.ledger())
-    stored_before_kill = _stored_calls(store)
+    stored_before_kill = stored_calls(store)
 
     # After a wall of 429s a user lowers the pace; that is the same job, resumed.
     write_job(tmp_path, body.replace("concurrency = 16", "concurrency = 4\ngrace_s = 1"))

@@ -5,16 +5,20 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import sqlite3
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import job_text, run_cli, write_job, write_sim_models, write_tasks
+from helpers import (
+    job_text,
+    run_cli,
+    start_run,
+    wait_for_calls,
+    write_job,
+    write_sim_models,
+    write_tasks,
+)
 
 from batchroute import read_calls, read_results
 from batchroute.sim import SimulatorHandle, running_simulator
@@ -49,33 +53,6 @@ def _job(directory: Path, sim: SimulatorHandle, *, name: str = "job.toml", out: 
     return write_job(directory, body, name=name)
 
 
-def _start_run(job: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "batchroute", "run", str(job), "-q"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def _stored_calls(store: Path) -> int:
-    if not store.exists():
-        return 0
-    try:
-        with sqlite3.connect(f"file:{store}?mode=ro", uri=True, timeout=1) as db:
-            return int(db.execute("SELECT count(*) FROM calls").fetchone()[0])
-    except sqlite3.OperationalError:  # the schema is not created yet
-        return 0
-
-
-def _wait_for_calls(store: Path, count: int, process: subprocess.Popen[str]) -> None:
-    deadline = time.monotonic() + 60
-    while _stored_calls(store) < count:
-        assert process.poll() is None, "the run ended before the second one started"
-        assert time.monotonic() < deadline, "the run made no progress"
-        time.sleep(0.01)
-
-
 def _requests(ledger: dict[str, Any]) -> int:
     return sum(model["requests"] for model in ledger["models"].values())
 
@@ -86,8 +63,8 @@ def test_a_second_run_of_the_same_job_is_refused_naming_the_first(
     write_tasks(tmp_path, ROWS)
     job = _job(tmp_path, slow_sim)
     slow_sim.reset()
-    first = _start_run(job)
-    _wait_for_calls(tmp_path / ".batchroute/store.sqlite", 4, first)
+    first = start_run(job)
+    wait_for_calls(tmp_path / ".batchroute/store.sqlite", 4, first)
 
     second = run_cli("run", job)
     assert second.returncode == 2
@@ -108,8 +85,8 @@ def test_after_a_kill_9_the_lock_is_gone_and_the_next_run_resumes(
 ) -> None:
     write_tasks(tmp_path, ROWS)
     job = _job(tmp_path, slow_sim)
-    first = _start_run(job)
-    _wait_for_calls(tmp_path / ".batchroute/store.sqlite", 8, first)
+    first = start_run(job)
+    wait_for_calls(tmp_path / ".batchroute/store.sqlite", 8, first)
     first.send_signal(signal.SIGKILL)
     first.communicate()
 
@@ -125,9 +102,9 @@ def test_two_different_jobs_on_one_store_run_at_once(
     write_tasks(tmp_path, ROWS)
     one = _job(tmp_path, slow_sim, name="one.toml", out="out/one.parquet")
     two = _job(tmp_path, slow_sim, name="two.toml", out="out/two.parquet")
-    first = _start_run(one)
-    _wait_for_calls(tmp_path / ".batchroute/store.sqlite", 4, first)
-    second = _start_run(two)
+    first = start_run(one)
+    wait_for_calls(tmp_path / ".batchroute/store.sqlite", 4, first)
+    second = start_run(two)
     for process in (first, second):
         _, stderr = process.communicate(timeout=120)
         assert process.returncode == 0, stderr
@@ -149,8 +126,8 @@ def test_a_simulator_outliving_its_killed_run_does_not_hold_the_lock(tmp_path: P
     write_tasks(tmp_path, 200)
     body = job_text(base_url="embedded", route='strategy = "fixed"\nmodel = "openai/gpt-4o-mini"')
     job = write_job(tmp_path, body.replace("concurrency = 16", "concurrency = 2"))
-    first = _start_run(job)
-    _wait_for_calls(tmp_path / ".batchroute/store.sqlite", 4, first)
+    first = start_run(job)
+    wait_for_calls(tmp_path / ".batchroute/store.sqlite", 4, first)
     simulators = _children(first.pid)
     first.send_signal(signal.SIGKILL)
     first.communicate()
