@@ -143,12 +143,16 @@ class Caller:
         paid for. Every record carries `purpose` and `shadow`, the reason the call was made.
         """
         first = CallRequest(row_id, tier, model, messages, params, purpose, shadow)
+        # The first model's request key, hashed once for dedupe, the store lookup and the
+        # store write (the JSON of a long prompt is the costliest thing a call does here).
+        needs_key = self._cache.reads or self._cache.writes or self._shared is not None
+        key = self._cache.key(model, messages, params) if needs_key else None
         if self._shared is None or not deterministic(params):
-            return await self._call_tier(first, messages_for=messages_for)
-        key = self._cache.key(model, messages, params)
+            return await self._call_tier(first, first_key=key, messages_for=messages_for)
+        assert key is not None
         outcome, shared = await self._shared.once(
             key,
-            lambda: self._call_tier(first, messages_for=messages_for),
+            lambda: self._call_tier(first, first_key=key, messages_for=messages_for),
             shareable=lambda o: o.failure is None,
         )
         if not shared:
@@ -166,10 +170,10 @@ class Caller:
         self,
         first: CallRequest,
         *,
+        first_key: bytes | None,
         messages_for: Callable[[str], list[Message] | None] | None = None,
     ) -> TierOutcome:
         outcome = TierOutcome()
-        params = first.params
         candidates = [first]
         for name in self._job.model(first.model).fallbacks:
             own = messages_for(name) if messages_for is not None else first.messages
@@ -177,7 +181,7 @@ class Caller:
                 candidates.append(replace(first, model=name, messages=own))
         if self._cache.reads:
             for position, request in enumerate(candidates):
-                key = self._cache.key(request.model, request.messages, params)
+                key = self._key(request, first, first_key)
                 stored = await self._cache.find(key)
                 if stored is not None:
                     outcome.records.append(self._replayed(stored, request))
@@ -204,8 +208,8 @@ class Caller:
                     outcome.fallback_used = position > 0
                     outcome.failure = None  # earlier attempts' failures were overcome
                     if self._cache.writes:
-                        # Hashed here, for the model that answered, not for every fallback.
-                        key = self._cache.key(request.model, request.messages, params)
+                        # The key of the model that answered, not of every fallback.
+                        key = self._key(request, first, first_key)
                         await self._cache.remember(
                             _to_store(key, result.record, result.answer, self._cache.run_id)
                         )
@@ -229,6 +233,11 @@ class Caller:
                     with anyio.move_on_after(delay):
                         await self._control.stopping.wait()
         return outcome
+
+    def _key(self, request: CallRequest, first: CallRequest, first_key: bytes | None) -> bytes:
+        if request is first and first_key is not None:
+            return first_key
+        return self._cache.key(request.model, request.messages, request.params)
 
     def _replayed(self, stored: StoredCall, request: CallRequest) -> CallRecord:
         """A stored call as this run records it: the original charge, `cached` unless it was

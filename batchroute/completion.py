@@ -96,7 +96,7 @@ def _count(value: Any, name: str) -> int | None:
     """A token count: absent, or a whole number from 0 to MAX_TOKENS (12.0 reads as 12)."""
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise BadResponse(f"{name} is not a number: {_show(value)}")
     if isinstance(value, float) and not (math.isfinite(value) and value.is_integer()):
         raise BadResponse(f"{name} is not a whole number: {_show(value)}")

@@ -34,13 +34,28 @@ def deterministic(params: Mapping[str, Any]) -> bool:
 
 
 class _Pending(Generic[T]):
-    """One call in flight or done: its outcome once known, None when it must not be shared."""
+    """One call in flight or done: its outcome once known, None when it must not be shared.
 
-    __slots__ = ("done", "value")
+    Most calls have no twin: the event a twin waits on is made only when one comes.
+    """
+
+    __slots__ = ("_done", "finished", "value")
 
     def __init__(self) -> None:
-        self.done = anyio.Event()
+        self._done: anyio.Event | None = None
+        self.finished = False
         self.value: T | None = None
+
+    async def wait(self) -> None:
+        if not self.finished:
+            if self._done is None:
+                self._done = anyio.Event()
+            await self._done.wait()
+
+    def finish(self) -> None:
+        self.finished = True
+        if self._done is not None:
+            self._done.set()
 
 
 class SharedCalls(Generic[T]):
@@ -63,7 +78,7 @@ class SharedCalls(Generic[T]):
             pending = self._calls.get(key)
             if pending is None:
                 return await self._lead(key, make, shareable=shareable), False
-            await pending.done.wait()
+            await pending.wait()
             if pending.value is not None:
                 self.shared += 1
                 return pending.value, True
@@ -86,7 +101,7 @@ class SharedCalls(Generic[T]):
                     self._calls.pop(self._finished.popleft(), None)
             else:
                 del self._calls[key]
-            pending.done.set()
+            pending.finish()
 
 
 def shared_records(

@@ -11,6 +11,7 @@ Both the job's and the learned buckets must admit a call: the lower limit wins.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 from collections import deque
@@ -41,11 +42,9 @@ class Reservation:
         self.sent_after: dict[str, float] = {}  # per dimension: the model's total once sent
         self._held: list[tuple[str, LeakyBucket, float, float]] = []
 
-    async def take(self, bucket: LeakyBucket | None, dimension: str, amount: float) -> None:
+    async def take(self, bucket: LeakyBucket, dimension: str, amount: float) -> None:
         # A request larger than the bucket could never be admitted; it reserves a full bucket
         # and `settle` books the rest, so later calls wait until the real spend leaked out.
-        if bucket is None:
-            return
         reserved = float(min(amount, bucket.capacity))
         await bucket.acquire(reserved)
         self._held.append((dimension, bucket, reserved, amount))
@@ -140,7 +139,8 @@ class ModelLimits:
         self.slots = (
             anyio.CapacityLimiter(config.max_concurrency) if config.max_concurrency else None
         )
-        self._loop_time = anyio.current_time
+        # The loop's clock, as the buckets read it (anyio.current_time looks the loop up).
+        self._loop_time = asyncio.get_running_loop().time
         self._cool_until = 0.0
         self._refill_pending = False
         self._answered = anyio.Event()
@@ -163,10 +163,8 @@ class ModelLimits:
                 await self._cool_down()
                 await self._probe()
                 reservation = Reservation(self._seq)
-                for dimension in DIMENSIONS:
-                    learned = self.learned[dimension]
-                    for bucket in (self.job_buckets[dimension], learned.pace, learned.server):
-                        await reservation.take(bucket, dimension, amounts[dimension])
+                for dimension, bucket in self._buckets():
+                    await reservation.take(bucket, dimension, amounts[dimension])
                 if self.cool_down_left() <= 0:
                     break
                 # A 429 came while this call waited in the buckets: it must not go out now,
@@ -182,6 +180,17 @@ class ModelLimits:
             if self.slots is not None:
                 self.slots.release()
 
+    def _buckets(self) -> list[tuple[str, LeakyBucket]]:
+        """The buckets a call must pass now, by dimension (learned ones appear as answers
+        name their limits)."""
+        buckets = []
+        for dimension in DIMENSIONS:
+            learned = self.learned[dimension]
+            for bucket in (self.job_buckets[dimension], learned.pace, learned.server):
+                if bucket is not None:
+                    buckets.append((dimension, bucket))
+        return buckets
+
     def observe(
         self, headers: Mapping[str, str], *, reservation: Reservation, ok: bool
     ) -> dict[str, Quota]:
@@ -189,7 +198,10 @@ class ModelLimits:
         returns the quotas they named, for the call's record."""
         self._answered.set()
         if ok:
-            self._ok_times.append(self._loop_time())
+            now = self._loop_time()
+            self._ok_times.append(now)
+            if self._ok_times[0] < now - 60.0:  # a minute's answers, not the whole run's
+                self._ok_times.popleft()
         read = read_limit_headers(headers)
         if not self.learning:
             return read.quotas

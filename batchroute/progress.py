@@ -58,23 +58,25 @@ class RunStats:
         self.fallback += result.fallback_used
         self.repair_turns += result.repairs
         self.repaired += result.repaired
-        self.repair_cost_usd += sum(
-            c.charge_usd or 0.0 for c in result.charged_calls if c.purpose == REPAIR
-        )
+        charged = result.charged_calls
+        if result.repairs:
+            self.repair_cost_usd += sum(c.charge_usd or 0.0 for c in charged if c.purpose == REPAIR)
         self.calls += sum(not c.deduped for c in result.calls)
         self.deduped_rows += result.deduped
         self.shared_usd += result.shared_cost_usd or 0.0
         self.cost_usd += result.cost_usd or 0.0
-        self.priced_rows += any(c.charge_usd is not None for c in result.charged_calls)
+        self.priced_rows += any(c.charge_usd is not None for c in charged)
         self.unknown_cost_rows += result.cost_partly_unknown
         self.cached_usd += sum(c.charge_usd or 0.0 for c in result.calls if c.cached)
         for call in result.calls:
             self.rate_limited += call.status_code == 429
-            named = {
-                dimension: value
-                for dimension in ("requests", "tokens", "input_tokens", "output_tokens")
-                if (value := getattr(call, f"limit_{dimension}")) is not None
-            }
+            limits = (
+                ("requests", call.limit_requests),
+                ("tokens", call.limit_tokens),
+                ("input_tokens", call.limit_input_tokens),
+                ("output_tokens", call.limit_output_tokens),
+            )
+            named = {dimension: value for dimension, value in limits if value is not None}
             if named:
                 self.limits_seen[call.model] = named
         if self.top_tier_cost_usd is not None and result.status != SKIPPED:

@@ -10,6 +10,7 @@ whole dimension unusable, and its header name is returned so the caller can warn
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Mapping
@@ -54,16 +55,21 @@ class LimitHeaders:
     garbled: tuple[str, ...] = ()
 
 
-def _names(dimension: str) -> list[tuple[str, str, str]]:
+_PARTS = ("limit", "remaining", "reset")
+
+
+def _names(dimension: str) -> tuple[tuple[str, str, str], ...]:
     """(limit, remaining, reset) header names of `dimension`, in each provider's spelling."""
     dashed = dimension.replace("_", "-")
-    names = [tuple(f"anthropic-ratelimit-{dashed}-{part}" for part in _PARTS)]
-    if dimension in ("requests", "tokens"):
-        names.insert(0, tuple(f"x-ratelimit-{part}-{dimension}" for part in _PARTS))
-    return names  # type: ignore[return-value]
+    anthropic = tuple(f"anthropic-ratelimit-{dashed}-{part}" for part in _PARTS)
+    if dimension not in ("requests", "tokens"):
+        return (anthropic,)  # type: ignore[return-value]
+    openai = tuple(f"x-ratelimit-{part}-{dimension}" for part in _PARTS)
+    return (openai, anthropic)  # type: ignore[return-value]
 
 
-_PARTS = ("limit", "remaining", "reset")
+# Every answer is read for them: spelled out once, not on each answer.
+_NAMES = {dimension: _names(dimension) for dimension in DIMENSIONS}
 
 
 def read_limit_headers(headers: Mapping[str, str], *, now: datetime | None = None) -> LimitHeaders:
@@ -71,7 +77,7 @@ def read_limit_headers(headers: Mapping[str, str], *, now: datetime | None = Non
     quotas: dict[str, Quota] = {}
     garbled: list[str] = []
     for dimension in DIMENSIONS:
-        for limit_name, remaining_name, reset_name in _names(dimension):
+        for limit_name, remaining_name, reset_name in _NAMES[dimension]:
             raw_limit, raw_remaining = headers.get(limit_name), headers.get(remaining_name)
             raw_reset = headers.get(reset_name)
             if raw_limit is None and raw_remaining is None:
@@ -127,6 +133,7 @@ def _reset_s(raw: str, *, now: datetime | None) -> float | None:
     return seconds
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_duration(text: str) -> float | None:
     """Seconds in a Go-style duration (`6m0s`, `1.5s`, `20ms`) or a bare number; else None."""
     try:

@@ -188,6 +188,10 @@ class AiohttpTransport(_Closing):
         announced = response.content_length
         if announced is not None and announced > self._max_bytes:
             raise ResponseTooLarge(self._max_bytes)
+        if announced is not None and response.headers.get("Content-Encoding") in (None, "identity"):
+            # aiohttp reads an announced length and not a byte past it: one read, no loop. A
+            # compressed body is counted after decompressing (a small gzip can hold gigabytes).
+            return await response.read()
         chunks: list[bytes] = []
         size = 0
         async for chunk in response.content.iter_chunked(_CHUNK_BYTES):

@@ -3,6 +3,8 @@ truth. Every test runs a real job over real HTTP on 127.0.0.1 (tests/hostile_ser
 
 from __future__ import annotations
 
+import gzip
+import json
 import logging
 import re
 import signal
@@ -257,6 +259,31 @@ def test_a_50mb_body_fails_its_call_without_being_read(
     # buffers held), so it never held the 50 MB.
     assert len(hostile.streamed) == 3
     assert max(hostile.streamed) < 20 * 1024 * 1024
+
+
+def test_a_small_gzip_body_that_inflates_past_the_cap_fails_its_call(
+    tmp_path: Path, hostile: HostileServer
+) -> None:
+    # 50 MB of spaces inside a valid JSON answer gzip to about 50 kB: the announced length is
+    # small, so the cap must count what the body inflates to, not what it announces.
+    inflated = json.dumps(completion("ok")).encode().replace(b'"ok"', b'"ok"' + b" " * HUGE)
+    packed = gzip.compress(inflated)
+    assert len(packed) < 1024 * 1024
+    hostile.script = lambda request: Answer(
+        body=packed, headers={"Content-Type": "application/json", "Content-Encoding": "gzip"}
+    )
+    ran = run_job(hostile_job(tmp_path, hostile, rows=2))
+    assert set(ran.calls["error_kind"]) == {"response_too_large"}
+    assert set(ran.results["status"]) == {"failed"}
+    # A compressed answer within the cap is read as any other.
+    small = tmp_path / "small"
+    small.mkdir()
+    hostile.script = lambda request: Answer(
+        body=gzip.compress(json.dumps(completion("fine")).encode()),
+        headers={"Content-Type": "application/json", "Content-Encoding": "gzip"},
+    )
+    ran = run_job(hostile_job(small, hostile, rows=2))
+    assert ran.results["answer"].to_list() == ["fine", "fine"]
 
 
 def test_max_response_bytes_is_the_endpoints_key_on_both_transports(
