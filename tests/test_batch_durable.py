@@ -109,6 +109,31 @@ def test_kill_9_during_a_batch_then_rerun_collects_the_same_batch(
     assert batch_id in status.stdout and "completed" in status.stdout
 
 
+def test_a_kill_before_the_batch_id_was_recorded_finds_the_batch_instead_of_paying_again(
+    tmp_path: Path, slow_sim: SimulatorHandle
+) -> None:
+    # The store after a kill between the provider creating the batch and the store recording
+    # its id: the file is recorded as uploaded, with no batch. The rerun must find the batch
+    # the provider made from that file, not create (and pay for) a second one.
+    slow_sim.reset()
+    job = _job(tmp_path, slow_sim)
+    process = _start(job)
+    store = tmp_path / ".batchroute/store.sqlite"
+    batch_id = _recorded_batch(store, process)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    with sqlite3.connect(store) as db:
+        db.execute("UPDATE batch_files SET batch_id = NULL, status = 'uploaded'")
+    assert slow_sim.ledger()["batches"]["batches"] == 1
+
+    resumed = run_cli("run", job)
+    assert resumed.returncode == 0, resumed.stderr
+    assert slow_sim.ledger()["batches"]["batches"] == 1
+    assert set(read_results(tmp_path / "out/results.parquet")["status"]) == {"ok"}
+    with sqlite3.connect(store) as db:
+        assert db.execute("SELECT batch_id FROM batch_files").fetchall() == [(batch_id,)]
+
+
 def test_status_shows_a_running_batch_and_cancel_stops_it(
     tmp_path: Path, slow_sim: SimulatorHandle
 ) -> None:

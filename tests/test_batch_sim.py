@@ -184,3 +184,24 @@ def test_the_api_key_is_required_when_set(tmp_path: Path) -> None:
                 client.batches.retrieve("batch_x")
             with pytest.raises(openai.AuthenticationError):
                 client.files.create(file=("a.jsonl", io.BytesIO(b"{}\n")), purpose="batch")
+
+
+def test_the_list_of_batches_pages_newest_first_through_the_sdk(
+    client: openai.OpenAI, batch_sim: SimulatorHandle
+) -> None:
+    # GET /v1/batches is how a rerun finds a batch whose id it never recorded: the SDK's own
+    # cursor pagination must read it, newest first, with every batch a valid `Batch`.
+    made = []
+    for i in range(3):
+        uploaded = _upload(client, _jsonl([_line("row-0", f"Classify ticket {i}")]))
+        raw = client.batches.with_raw_response.create(
+            input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        made.append(Batch.model_validate(raw.http_response.json()).id)
+    listed = [batch.id for batch in client.batches.list(limit=2)]  # pages of 2, followed
+    assert listed[:3] == made[::-1]
+    first = client.batches.list(limit=2)
+    assert [b.id for b in first.data] == made[:0:-1] and first.has_more
+    assert all(isinstance(b, Batch) for b in first.data)
+    with pytest.raises(openai.BadRequestError):
+        client.batches.list(limit=1000)

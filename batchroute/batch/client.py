@@ -24,6 +24,9 @@ from batchroute.version import __version__
 TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
 _STATUSES = TERMINAL | {"validating", "in_progress", "finalizing", "cancelling"}
 _CHUNK = 1 << 20
+# Looking for a batch among those created since its file was uploaded: at most this many
+# pages of 100 (a provider account with more batches in that time is not looked through).
+_MAX_LIST_PAGES = 50
 # An id goes into a URL path: only what a provider's ids are made of, never "/" or "..".
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-.]{0,199}")
 
@@ -125,6 +128,38 @@ class BatchClient:
 
     async def retrieve(self, batch_id: str) -> BatchState:
         return read_batch(await self._json("GET", f"/batches/{batch_id}"))
+
+    async def find(self, input_file_id: str, *, created_since: float) -> BatchState | None:
+        """The batch made from `input_file_id`, looked for among the batches created since
+        `created_since` (newest first, a page at a time); None when there is none, or when
+        the provider lists no batches (a 404)."""
+        after: str | None = None
+        for _ in range(_MAX_LIST_PAGES):
+            query = "?limit=100" + ("" if after is None else f"&after={after}")
+            try:
+                page = await self._json("GET", "/batches" + query)
+            except BatchApiError as exc:
+                if exc.status in (404, 405):
+                    return None
+                raise
+            data = page.get("data") if isinstance(page, dict) else None
+            if not isinstance(data, list):
+                raise BatchApiError(502, "the list of batches has no data list")
+            for item in data:
+                if not isinstance(item, dict):
+                    raise BatchApiError(502, "the list of batches holds a non-object")
+                if item.get("input_file_id") == input_file_id:
+                    return read_batch(item)
+            created = [i.get("created_at") for i in data]
+            # Newest first: once a page reaches back past the upload, the batch was never made.
+            older = [c for c in created if isinstance(c, int | float) and c < created_since]
+            if older or not data or page.get("has_more") is not True:
+                return None
+            last = data[-1].get("id")
+            if not _is_id(last):
+                raise BatchApiError(502, "the list of batches has an unusable id")
+            after = last
+        return None
 
     async def cancel(self, batch_id: str) -> BatchState:
         return read_batch(await self._json("POST", f"/batches/{batch_id}/cancel"))

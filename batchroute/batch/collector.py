@@ -216,7 +216,16 @@ class BatchCollector:
         log.debug("re-attaching to %s (%s)", row.batch_id or row.file_id, self.model)
         try:
             if row.batch_id is None or row.status == UPLOADED:
-                state = await self._create(row.file_id)  # uploaded, never created: no re-upload
+                # Recorded as uploaded: the kill may have come after the provider created the
+                # batch and before its id was recorded. Find it before creating another.
+                found = await self._client.find(row.file_id, created_since=row.created_at - 60)
+                if found is None:
+                    state = await self._create(row.file_id)  # never created: no re-upload
+                else:
+                    state = found
+                    await anyio.to_thread.run_sync(
+                        self._table.record_batch, row.file_id, state.id, state.status
+                    )
             else:
                 state = await self._client.retrieve(row.batch_id)
             await self._collect(row.file_id, state, attached.slots)

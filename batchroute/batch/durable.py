@@ -3,9 +3,10 @@
 A batch is money in flight for hours. The order of writes makes a killed run re-attach
 instead of paying twice: the uploaded file is recorded with its lines (custom id -> request
 key) before the batch is created, and the batch id right after; a rerun of the same run polls
-a recorded batch, and creates one (never uploads again) for a file recorded without one. The
-one window left is a kill between the provider creating the batch and this table recording
-its id; OpenAI has no way to find a batch by its file short of listing every batch.
+a recorded batch, and for a file recorded without one first looks for it among the batches
+the provider lists as created since the upload (a kill can fall between the provider creating
+the batch and this table recording its id), and creates one only when there is none (never
+uploading again).
 
 Its own SQLite connection to the store's file (WAL lets it write beside the call writer), and
 commits at once: these few writes must be on disk before the wait they protect.

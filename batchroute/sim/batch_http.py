@@ -12,6 +12,7 @@ from batchroute.sim.batches import (
     create,
     file_content,
     file_object,
+    list_batches,
     retrieve,
     upload,
 )
@@ -77,6 +78,13 @@ def add_routes(app: web.Application, key: web.AppKey[Sim]) -> None:
             return sim
         return _web(retrieve(sim, request.match_info["batch_id"]))
 
+    async def get_batches(request: web.Request) -> web.Response:
+        sim = sim_of(request)
+        if isinstance(sim, web.Response):
+            return sim
+        query = request.query
+        return _web(list_batches(sim, limit=query.get("limit"), after=query.get("after")))
+
     async def post_cancel(request: web.Request) -> web.Response:
         sim = sim_of(request)
         if isinstance(sim, web.Response):
@@ -87,6 +95,7 @@ def add_routes(app: web.Application, key: web.AppKey[Sim]) -> None:
     app.router.add_get("/v1/files/{file_id}", get_file)
     app.router.add_get("/v1/files/{file_id}/content", get_content)
     app.router.add_post("/v1/batches", post_batch)
+    app.router.add_get("/v1/batches", get_batches)
     app.router.add_get("/v1/batches/{batch_id}", get_batch)
     app.router.add_post("/v1/batches/{batch_id}/cancel", post_cancel)
 

@@ -175,6 +175,37 @@ def retrieve(sim: Sim, batch_id: str) -> Response:
     return _json(200, batch.obj)
 
 
+def list_batches(sim: Sim, *, limit: str | None, after: str | None) -> Response:
+    """GET /v1/batches: newest first, `limit` (1-100, default 20) after the id `after`."""
+    try:
+        count = 20 if limit is None else int(limit)
+    except ValueError:
+        count = 0
+    if not 1 <= count <= 100:
+        return api_error(400, "limit must be an integer from 1 to 100.", param="limit")
+    newest_first = list(reversed(sim.desk.batches.values()))
+    start = 0
+    if after is not None:
+        ids = [batch.obj["id"] for batch in newest_first]
+        if after not in ids:
+            return api_error(400, f"No such Batch object: {after}", param="after")
+        start = ids.index(after) + 1
+    page = newest_first[start : start + count]
+    for batch in page:
+        _advance(sim, batch)
+    data = [batch.obj for batch in page]
+    return _json(
+        200,
+        {
+            "object": "list",
+            "data": data,
+            "first_id": data[0]["id"] if data else None,
+            "last_id": data[-1]["id"] if data else None,
+            "has_more": start + count < len(newest_first),
+        },
+    )
+
+
 def cancel(sim: Sim, batch_id: str) -> Response:
     """POST /v1/batches/{id}/cancel: `cancelling`, then `cancelled` at the next look."""
     batch = sim.desk.batches.get(batch_id)
