@@ -259,6 +259,7 @@ class Caller:
             purpose=request.purpose,
             shadow=request.shadow,
             mean_logprob=stored.mean_logprob,
+            tool_calls=stored.tool_calls,
         )
 
     def _collector(self, model: str, *, attempt: int) -> BatchCollector | None:
@@ -437,6 +438,7 @@ def _to_store(key: bytes, record: CallRecord, answer: str, run_id: str) -> Store
         request_id=record.request_id,
         run_id=run_id,
         mean_logprob=record.mean_logprob,
+        tool_calls=record.tool_calls,
     )
 
 

@@ -32,8 +32,10 @@ from batchroute.errors import ConfigError, one_line
 
 _Item = TypeVar("_Item")
 
-SCHEMA_VERSION = 2  # 2: mean_logprob, for logprob confidence checks on stored answers
-_ROWS_PER_INSERT = 500  # 12 parameters a row, well under SQLite's limit per statement
+# 2: mean_logprob, for logprob confidence checks on stored answers; 3: tool_calls, so that an
+# answer replayed from the store carries the tool calls it was made of.
+SCHEMA_VERSION = 3
+_ROWS_PER_INSERT = 500  # 13 parameters a row, well under SQLite's limit per statement
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -46,7 +48,7 @@ CREATE TABLE IF NOT EXISTS calls (
     key BLOB PRIMARY KEY, model TEXT NOT NULL, answer TEXT NOT NULL,
     prompt_tokens INTEGER, completion_tokens INTEGER, charge_usd REAL, cost_source TEXT,
     latency_s REAL, request_id TEXT, run_id TEXT NOT NULL, created_at REAL NOT NULL,
-    mean_logprob REAL
+    mean_logprob REAL, tool_calls TEXT
 );
 """
 
@@ -66,6 +68,7 @@ class StoredCall:
     request_id: str | None
     run_id: str
     mean_logprob: float | None = None
+    tool_calls: str | None = None  # the answer's tool calls, as JSON
 
 
 def request_key(endpoint: str, model: str, messages: list[Any], params: dict[str, Any]) -> bytes:
@@ -107,6 +110,16 @@ class CallStore:
             self._db.execute(
                 "INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
             )
+        elif row[0] == "2":
+            # Every call of a version 2 store is still an answer; only its tool calls were
+            # not kept (they read as none). Migrated in place, in one transaction.
+            with self._db:
+                self._db.execute("BEGIN")
+                self._db.execute("ALTER TABLE calls ADD COLUMN tool_calls TEXT")
+                self._db.execute(
+                    "UPDATE meta SET value = ? WHERE key = 'schema_version'",
+                    (str(SCHEMA_VERSION),),
+                )
         elif row[0] != str(SCHEMA_VERSION):
             raise ConfigError(
                 f"{self.path}: store has schema version {row[0]}, this batchroute reads"
@@ -141,7 +154,8 @@ class CallStore:
     def lookup(self, key: bytes) -> StoredCall | None:
         row = self._db.execute(
             "SELECT key, model, answer, prompt_tokens, completion_tokens, charge_usd,"
-            " cost_source, latency_s, request_id, run_id, mean_logprob FROM calls WHERE key = ?",
+            " cost_source, latency_s, request_id, run_id, mean_logprob, tool_calls"
+            " FROM calls WHERE key = ?",
             (key,),
         ).fetchone()
         return StoredCall(*row) if row is not None else None
@@ -174,7 +188,7 @@ class CallStore:
             self._db.execute("BEGIN")
             for start in range(0, len(calls), _ROWS_PER_INSERT):
                 chunk = calls[start : start + _ROWS_PER_INSERT]
-                values = ",".join(["(?,?,?,?,?,?,?,?,?,?,?,?)"] * len(chunk))
+                values = ",".join(["(?,?,?,?,?,?,?,?,?,?,?,?,?)"] * len(chunk))
                 params = [
                     value
                     for c in chunk
@@ -191,6 +205,7 @@ class CallStore:
                         c.run_id,
                         now,
                         c.mean_logprob,
+                        c.tool_calls,
                     )
                 ]
                 self._db.execute(f"INSERT OR REPLACE INTO calls VALUES {values}", params)

@@ -97,6 +97,12 @@ def test_tool_calls_are_recorded(tmp_path: Path, sim_url: str) -> None:
     assert calls[0]["type"] == "function" and calls[0]["function"]["name"] == "label"
     assert "answer" in json.loads(calls[0]["function"]["arguments"])
     assert read_calls(results_path)["tool_calls"].is_not_null().all()
+    # Asked again, the answer comes from the store with the same tool calls.
+    again = read_results(
+        _run(tmp_path, sim_url, route='strategy = "fixed"\nmodel = "e/plain"', extra=extra)
+    )
+    assert again["cached"].all()
+    assert again["tool_calls"].to_list() == results["tool_calls"].to_list()
 
 
 def test_a_model_carries_its_own_prompt_templates(tmp_path: Path, sim_url: str) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+from dataclasses import replace
 from pathlib import Path
 
 import anyio
@@ -109,3 +111,38 @@ def test_a_run_looks_up_only_what_the_store_held_when_it_started(tmp_path: Path)
     assert earlier is not None and earlier.answer == "earlier"
     assert own is None and looked_up == [_key(1)]  # the other key never left the loop
     store.close()
+
+
+def test_a_version_2_store_is_migrated_in_place_and_keeps_its_answers(tmp_path: Path) -> None:
+    # A store written before tool calls were kept: its table has no tool_calls column.
+    path = tmp_path / "store.sqlite"
+    with sqlite3.connect(path) as db:
+        db.executescript(
+            """
+            CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+            INSERT INTO meta VALUES ('schema_version', '2');
+            CREATE TABLE calls (
+                key BLOB PRIMARY KEY, model TEXT NOT NULL, answer TEXT NOT NULL,
+                prompt_tokens INTEGER, completion_tokens INTEGER, charge_usd REAL,
+                cost_source TEXT, latency_s REAL, request_id TEXT, run_id TEXT NOT NULL,
+                created_at REAL NOT NULL, mean_logprob REAL
+            );
+            """
+        )
+        db.execute(
+            "INSERT INTO calls VALUES (?, 'm', 'old answer', 3, 1, 0.001, 'header', 0.01,"
+            " NULL, 'earlier', 0, NULL)",
+            (_key(1),),
+        )
+    store = CallStore(path)
+    old = store.lookup(_key(1))
+    assert old is not None and old.answer == "old answer" and old.tool_calls is None
+    store.put_many([replace(_call(_key(2), "new"), tool_calls='[{"type": "function"}]')])
+    assert store.lookup(_key(2)) == replace(
+        _call(_key(2), "new"), tool_calls='[{"type": "function"}]'
+    )
+    store.close()
+    with sqlite3.connect(path) as db:
+        version = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    assert version == ("3",)
+    CallStore(path).close()  # and it opens again as the current version
