@@ -95,9 +95,14 @@ def _priced(job: Job, key: tuple[str, int, str], tally: _Tally) -> TierEstimate:
     usd = None
     if config.usd_per_mtok is not None:
         usd = config.usd_per_mtok.cost(tally.prompt_tokens, tally.completion_tokens)
-    floors = [tally.rows / config.rpm] if config.rpm else []
-    if config.tpm:
-        floors.append((tally.prompt_tokens + tally.completion_tokens) / config.tpm)
+    # Each limit the job sets is a floor on the minutes; the highest one binds.
+    spent = (
+        (config.rpm, tally.rows),
+        (config.tpm, tally.prompt_tokens + tally.completion_tokens),
+        (config.itpm, tally.prompt_tokens),
+        (config.otpm, tally.completion_tokens),
+    )
+    floors = [amount / limit for limit, amount in spent if limit]
     return TierEstimate(
         plan,
         model,

@@ -51,6 +51,24 @@ def test_estimate_prices_each_tier_from_tokens_and_limits(tmp_path: Path) -> Non
     assert f"total: at most ${cheap.usd + strong.usd:.4f}" in done.stdout  # type: ignore[operator]
 
 
+def test_separate_input_and_output_token_limits_are_floors_too(tmp_path: Path) -> None:
+    # Anthropic-style limits: 300 rows of 50 output tokens at otpm 5,000 take at least three
+    # minutes, however high the request and input limits are.
+    write_tasks(tmp_path, 300)
+    models = MODELS.replace("rpm = 600", "rpm = 60_000\nitpm = 1_000_000\notpm = 5_000")
+    job_path = write_job(
+        tmp_path, job_text(base_url="embedded", route=CASCADE, models=models, extra=PARAMS)
+    )
+    _, (cheap, _) = estimate(load_job(job_path), escalation_rate=0.25)
+    assert cheap.minutes == pytest.approx(300 * 50 / 5_000)
+    tight_input = MODELS.replace("rpm = 600", "itpm = 1_000")
+    write_job(
+        tmp_path, job_text(base_url="embedded", route=CASCADE, models=tight_input, extra=PARAMS)
+    )
+    _, (cheap, _) = estimate(load_job(job_path), escalation_rate=0.25)
+    assert cheap.minutes == pytest.approx(cheap.prompt_tokens / 1_000)
+
+
 def test_sample_runs_rows_for_real_and_the_full_run_does_not_pay_them_again(
     tmp_path: Path, fresh_sim: SimulatorHandle
 ) -> None:
