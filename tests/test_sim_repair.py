@@ -12,7 +12,13 @@ import pytest
 
 from batchroute.checks import Verdict
 from batchroute.repair import repair_messages
-from batchroute.sim import SimulatorHandle, expected_answer, running_simulator
+from batchroute.sim import (
+    SimConfigError,
+    SimulatorHandle,
+    expected_answer,
+    load_sim_config,
+    running_simulator,
+)
 
 # Mid-skill models that differ only in how often a repair turn fixes a broken format.
 TABLE = """
@@ -199,3 +205,14 @@ def test_a_conversation_that_is_not_a_repair_is_answered_from_its_last_user_mess
     ]
     expected = ask(sim, "fixer", [{"role": "user", "content": b}], response_format=JSON_SCHEMA)
     assert ask(sim, "fixer", chat, response_format=JSON_SCHEMA) == expected
+
+
+def test_format_fix_out_of_range_is_one_line_naming_the_key(tmp_path: Path) -> None:
+    table = tmp_path / "models.toml"
+    table.write_text(TABLE.replace("format_fix = 0.5", "format_fix = 1.5"), encoding="utf-8")
+    with pytest.raises(SimConfigError) as caught:
+        load_sim_config(table)
+    message = str(caught.value)
+    assert message == (
+        f"{table}: key models.half.format_fix: Input should be less than or equal to 1"
+    )
