@@ -15,8 +15,9 @@ is not enough: in a few-shot conversation in text mode an example's label is the
 answer one time in eight, or more often when the examples are right, and the task after it
 is a new task. A follow-up's answer keeps the content of the earlier answer (label,
 correctness, confidence) and fixes a broken format with probability `format_fix` (the model
-table's key), decided by a hash of the whole request, so the same request always gets the
-same answer and a model that broke the format once is not sure to fix it. A text answer has
+table's key), decided by a hash of (seed, model, task, that answer, the follow-up), so the
+same request always gets the same answer and a model that broke the format once is not sure
+to fix it. A text answer has
 no format to fix: its follow-up repeats it. Any other conversation, including a multi-turn
 input whose assistant turns the simulator did not write, is answered from its last user
 message, exactly as before.
