@@ -41,8 +41,8 @@ what was charged; POST /sim/reset clears it. Once listening it prints one line:
 _MODELS_HELP = """\
 model table (TOML); default: the packaged table. Keys: balance_usd, and per
 [models."NAME"]: usd_per_mtok = {input, output} (required), latency_ms = {mean, jitter},
-skill (0..1), rpm, tpm (0 = unlimited), errors = {"429", "500", "503", hang}
-(probabilities), hang_s"""
+skill (0..1), format_fix (0..1: the chance that a repair turn fixes a broken format),
+rpm, tpm (0 = unlimited), errors = {"429", "500", "503", hang} (probabilities), hang_s"""
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from batchroute.sim import answers
+from batchroute.sim import answers, followups
 from batchroute.sim.handlers import Response
 from batchroute.sim.request import BadRequest, parse_chat
 from batchroute.sim.state import ModelBook, Sim
@@ -311,7 +311,7 @@ def _answer(sim: Sim, body: dict[str, Any]) -> tuple[dict[str, Any] | None, dict
     if spec is None:
         err = {"message": f"The model `{req.model}` does not exist.", "code": "model_not_found"}
         return {"status_code": 404, "request_id": rid, "body": {"error": err}}, None
-    d = answers.draw(req.prompt, model=req.model, skill=spec.skill, seed=sim.seed)
+    d = followups.draw(req, skill=spec.skill, format_fix=spec.format_fix, seed=sim.seed)
     text = answers.render(d, mode=req.mode, schema=req.schema)
     content, completion_tokens, finish = answers.complete(text, max_tokens=req.max_tokens)
     prompt_tokens = answers.count_prompt_tokens(req.texts)

@@ -67,6 +67,9 @@ class ModelSpec(_Frozen):
     usd_per_mtok: Prices
     latency_ms: Latency = Latency()
     skill: float = Field(default=0.5, ge=0, le=1)
+    # The chance that a follow-up to this model's own answer (a repair turn) fixes that
+    # answer's broken format; its content stays the same (sim/followups.py).
+    format_fix: float = Field(default=0.8, ge=0, le=1)
     rpm: int = Field(default=0, ge=0)
     tpm: int = Field(default=0, ge=0)
     itpm: int = Field(default=0, ge=0)  # input tokens per minute, as Anthropic counts them

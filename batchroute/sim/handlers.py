@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from batchroute.sim import answers
+from batchroute.sim import answers, followups
 from batchroute.sim.config import ModelSpec
 from batchroute.sim.request import BadRequest, ChatRequest, parse_chat
 from batchroute.sim.state import ModelBook, Sim
@@ -155,7 +155,7 @@ async def chat(sim: Sim, raw: bytes, *, authorization: str | None) -> Response:
     if fault is not None:
         book.errors[fault] += 1
         return await _inject(fault, spec=spec, headers=headers | window.headers(now=now))
-    d = answers.draw(req.prompt, model=req.model, skill=spec.skill, seed=sim.seed)
+    d = followups.draw(req, skill=spec.skill, format_fix=spec.format_fix, seed=sim.seed)
     text = json.dumps(req.received, sort_keys=True) if spec.echo else None
     text = text or answers.render(d, mode=req.mode, schema=req.schema)
     content, completion_tokens, finish = answers.complete(text, max_tokens=req.max_tokens)

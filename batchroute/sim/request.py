@@ -23,6 +23,7 @@ class ChatRequest:
 
     model: str
     texts: list[str]  # every message's text, for prompt token counts
+    roles: list[str]  # every message's role, in the order of `texts`
     prompt: str  # the last user message's text: what the answer is about
     max_tokens: int | None
     mode: str  # "text", "json_object" or "json_schema"
@@ -47,12 +48,15 @@ def parse_chat(raw: bytes) -> ChatRequest:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise BadRequest("`messages` must be a non-empty list.", param="messages")
-    texts, prompt = [], None
+    texts: list[str] = []
+    roles: list[str] = []
+    prompt = None
     for i, message in enumerate(messages):
         if not isinstance(message, dict) or not isinstance(message.get("role"), str):
             raise BadRequest(f"messages[{i}] must be an object with a role.", param="messages")
         text = _text(message.get("content"), index=i)
         texts.append(text)
+        roles.append(message["role"])
         if message["role"] == "user":
             prompt = text
     limit = body.get("max_completion_tokens", body.get("max_tokens"))
@@ -62,6 +66,7 @@ def parse_chat(raw: bytes) -> ChatRequest:
     return ChatRequest(
         model=model,
         texts=texts,
+        roles=roles,
         prompt=texts[-1] if prompt is None else prompt,
         max_tokens=limit,
         mode=mode,
