@@ -242,6 +242,9 @@ class ChoicesCheck:
     ) -> None:
         self._fold = str.strip if case_sensitive else normalize_label
         self._choices = frozenset(self._fold(c) for c in choices)
+        # Named in the reason, so that a repair turn tells the model what it may answer.
+        listed = ", ".join(dict.fromkeys(c.strip() for c in choices))
+        self._listed = listed if len(listed) <= 200 else listed[:197] + "..."
         self._steps = parse_json_path(path) if path is not None else None
 
     def __call__(self, answer: str) -> Verdict:
@@ -254,7 +257,7 @@ class ChoicesCheck:
         if isinstance(value, str | int | float) and self._fold(str(value)) in self._choices:
             return Verdict(True)
         shown = value if not isinstance(value, str) or len(value) <= 40 else value[:37] + "..."
-        return Verdict(False, f"{shown!r} is not one of the {len(self._choices)} choices")
+        return Verdict(False, f"{shown!r} is not one of: {self._listed}")
 
 
 class ConfidenceCheck:

@@ -140,10 +140,15 @@ class Executor:
             grader = _RowGrader(self._caller, row_id=row_id, tier=tier, result=result)
             verdict = await plan.check.verify(_subject(outcome, row=row), grader=grader)
             if repairable(verdict) and self._repair_attempts:
+                # The conversation goes on from what the answering model was asked: its own
+                # templates when it has them (a fallback's too; they rendered, or it was
+                # skipped).
+                assert outcome.model is not None
+                answered = self._model_messages(outcome.model, row=row, default=messages)
                 outcome, verdict = await self._repair(
                     row_id,
                     row=row,
-                    messages=messages,
+                    messages=answered,
                     plan=plan,
                     tier=tier,
                     outcome=outcome,

@@ -10,7 +10,7 @@ import pytest
 from helpers import job_text, run_cli, write_job, write_tasks
 
 from batchroute import compare, read_calls, read_metadata, read_results
-from batchroute.sim import SimulatorHandle
+from batchroute.sim import SimulatorHandle, running_simulator
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -128,28 +128,50 @@ threshold = 0.9
     assert "repair" not in set(calls["purpose"]) and (results["repairs"] == 0).all()
 
 
-def test_a_choices_check_is_repaired_with_its_reason(
-    tmp_path: Path, fresh_sim: SimulatorHandle
-) -> None:
-    # Plain-text labels, and a list that leaves out most of them: wrong labels are repaired.
+def test_a_choices_check_is_repaired_with_its_reason(tmp_path: Path) -> None:
+    # The echo model answers with the request it received: never one of the choices, so each
+    # row takes every repair turn, and its last answer shows what the last turn asked. It has
+    # a prompt template of its own, which the repair conversation must continue.
+    table = tmp_path / "sim.toml"
+    table.write_text(
+        '[models."e/echo"]\nusd_per_mtok = { input = 1.0, output = 1.0 }\n'
+        "latency_ms = { mean = 0, jitter = 0 }\necho = true\n",
+        encoding="utf-8",
+    )
     choices = """
 [params]
-max_tokens = 10
+max_tokens = 4000  # the echo is the whole request; it must not be cut
 
 [check]
 type = "choices"
 choices = ["billing", "refund"]
 """
-    results, calls, _ = _run(
-        tmp_path,
-        fresh_sim,
-        route='strategy = "fixed"\nmodel = "t/strong"',
-        repairs=2,
-        extra=choices,
-    )
-    assert (calls.filter(pl.col("purpose") == "repair").height) == results["repairs"].sum() > 0
-    assert results.filter(pl.col("repaired"))["answer"].is_in(["billing", "refund"]).all()
-    assert results["repairs"].max() == 2  # a second turn after a repaired answer still failed
+    with running_simulator(models=table) as echo:
+        write_tasks(tmp_path, 3)
+        body = job_text(
+            base_url=echo.base_url,
+            route='strategy = "fixed"\nmodel = "e/echo"',
+            run_extra="repair_attempts = 2",
+            extra=choices,
+            models='[models."e/echo"]\nprompt = "Own wording: {text}"',
+        )
+        done = run_cli("run", write_job(tmp_path, body), "--force")
+    assert done.returncode == 0, done.stderr
+    out = tmp_path / "out/results.parquet"
+    results, calls = read_results(out), read_calls(out)
+    assert results["repairs"].to_list() == [2, 2, 2] and not results["repaired"].any()
+    assert calls.filter(pl.col("purpose") == "repair").height == 6
+    for answer in results["answer"]:
+        messages = json.loads(answer)["messages"]
+        # The row's task in the model's own wording, the answer that failed as the model's
+        # own turn, then the reason, naming the choices.
+        assert messages[0]["role"] == "user"
+        assert messages[0]["content"].startswith("Own wording: Ticket")
+        assert messages[-2]["role"] == "assistant"
+        assert json.loads(messages[-2]["content"])["messages"][0] == messages[0]
+        ask = messages[-1]["content"]
+        assert ask.startswith("Your answer was not one of the allowed choices: ")
+        assert "billing" in ask and ask.endswith("Reply with one of the choices only.")
 
 
 def test_a_row_whose_repair_also_fails_escalates(
