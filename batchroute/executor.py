@@ -189,15 +189,19 @@ class Executor:
         its last answer failed; the last answer and its verdict. A repair call that fails
         leaves the answer before it: the row escalates as it would have."""
         assert plan.check is not None
+        conversation = messages
         for _ in range(self._repair_attempts):
             if not repairable(verdict):
                 break  # a repaired answer that now fails a content check: no more turns
             assert outcome.answer is not None and outcome.model is not None
+            # Each turn goes on from the last: a second repair shows the model both answers
+            # that failed and why (the same request again would get the same answer).
+            conversation = repair_messages(conversation, answer=outcome.answer, verdict=verdict)
             turn = await self._caller.call_tier(
                 row_id,
                 tier=tier,
                 model=outcome.model,
-                messages=repair_messages(messages, answer=outcome.answer, verdict=verdict),
+                messages=conversation,
                 params=plan.params,
                 purpose=REPAIR,
             )

@@ -163,6 +163,7 @@ choices = ["billing", "refund"]
     assert calls.filter(pl.col("purpose") == "repair").height == 6
     for answer in results["answer"]:
         messages = json.loads(answer)["messages"]
+        assert [m["role"] for m in messages] == ["user", "assistant", "user", "assistant", "user"]
         # The row's task in the model's own wording, the answer that failed as the model's
         # own turn, then the reason, naming the choices.
         assert messages[0]["role"] == "user"
