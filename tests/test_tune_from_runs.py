@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import tomllib
 from pathlib import Path
 
@@ -127,7 +128,7 @@ def test_earlier_runs_train_the_router_once_per_row_outside_the_sample(tmp_path:
     # count once each although two runs speak of them.
     assert (
         f"tune: {ROWS - SAMPLE} examples from 2 earlier run(s) for the learned router's training"
-        f" half only ({SAMPLE} rows of the sample left out)"
+        f" half only ({SAMPLE} rows of the sample left out; 0 verdicts by a check alone"
     ) in out, out
     assert "chosen: learned router: a when p >= " in out, out
     router = json.loads((tmp_path / "job.tuned.router.json").read_text())
@@ -152,6 +153,29 @@ def test_earlier_runs_train_the_router_once_per_row_outside_the_sample(tmp_path:
     easy, cheap = results["level"] == "easy", results["model"] == "a"
     assert (easy & cheap).sum() > 0.8 * easy.sum()
     assert (~easy & cheap).sum() < 0.2 * (~easy).sum()
+
+
+def test_a_run_whose_calls_are_not_in_the_store_teaches_by_its_check_verdicts(
+    tmp_path: Path,
+) -> None:
+    """The earlier run kept its calls in another store: the escalated rows' cheap answers
+    cannot be asked again offline, so their check verdicts stand in for the truth."""
+    _table(tmp_path / "table.parquet")
+    elsewhere = _job(output="out/cascade.parquet", route=CASCADE, check=True)
+    made = write_job(tmp_path, elsewhere + '\n[store]\npath = "elsewhere.sqlite"\n', name="c.toml")
+    ran = run_cli("run", "-q", made)
+    assert ran.returncode == 0, ran.stderr
+    escalated = int(read_results(tmp_path / "out/cascade.parquet")["escalated"].sum())
+    job = write_job(tmp_path, _job(output="out/tuned.parquet", route=CASCADE, check=False))
+    code, out, err = _tune(tmp_path, job, tmp_path / "out/cascade.parquet")
+    assert code == 0, err
+    found = re.search(r"left out; (\d+) verdicts by a check alone", out)
+    assert found is not None, out
+    # Only the escalated rows outside the sample lack a verdict by the truth (every kept
+    # answer is judged from the results file itself); about half of them are outside.
+    assert 0.3 * escalated < int(found.group(1)) < 0.7 * escalated
+    router = json.loads((tmp_path / "job.tuned.router.json").read_text())
+    assert router["from_runs"] == ROWS - SAMPLE
 
 
 def test_a_run_of_another_dataset_or_job_or_no_run_is_refused_in_one_line(

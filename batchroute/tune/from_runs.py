@@ -4,6 +4,8 @@ An earlier run of the same job over the same dataset says, for some rows, whethe
 answer did: the answer it kept, judged by the tune's truth; the first tier of a cascade whose
 answer failed its check (the row escalated); the shadow model's check verdict on a row that
 shadow sampling answered twice. Each such row is an example of "the cheaper model will do".
+The answers behind the check verdicts are not in the run's files, but their calls are in the
+job's store: asked again offline (no call is made), the ones found are judged by the truth too.
 
 Runs are accepted only where their answers speak for this job: every row id of the run is a
 row of the job's dataset (the row ids are what `compare` checks too), and the run asked the
@@ -25,10 +27,16 @@ import polars as pl
 from batchroute.dataset import open_dataset
 from batchroute.errors import DatasetError
 from batchroute.job import Job
+from batchroute.options import RunOptions
+from batchroute.results import read_results
+from batchroute.runner import run
 from batchroute.runs import Run, read_run
 from batchroute.truth import Truth
+from batchroute.tune.sample import sample_jobs, temp_dir
 
 __all__ = ["RunExamples", "read_examples"]
+
+Verdicts = dict[str, bool]  # model -> its answer did
 
 # What a run's job must share with the tuned job for its answers to be this job's answers.
 _SAME_INPUT = ("prompt", "system", "messages")
@@ -41,6 +49,7 @@ class RunExamples:
     rows: list[dict[str, Any]]  # the dataset's own row, as the router reads it at run time
     verdicts: list[dict[str, bool]]  # model -> its answer did (right, or passed its check)
     left_out: int = 0  # rows of the runs that are in the tuning sample
+    by_check: int = 0  # verdicts only a check gave (the answer was not found in the store)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -61,14 +70,14 @@ def read_examples(
 ) -> RunExamples:
     """The examples of the runs at `paths`; DatasetError (exit 2) naming a file that is not
     a run of this job's dataset and prompt."""
-    dataset = _dataset_rows(job)
+    dataset = _Dataset.read(job)
     in_sample = {str(i) for i in sample_ids}
     judged: dict[str, dict[str, bool]] = {}  # by the truth
     checked: dict[str, dict[str, bool]] = {}  # by a check only
     left_out: set[str] = set()
     for path in paths:
         run = read_run(path)
-        _check_compatible(run, job=job, dataset=dataset)
+        _check_compatible(run, job=job, dataset=dataset.index)
         for row_id, (by_truth, by_check) in _verdicts(run, truth=truth).items():
             if row_id in in_sample:
                 left_out.add(row_id)
@@ -77,16 +86,66 @@ def read_examples(
                 known = merged.setdefault(row_id, {})
                 for model, did in verdict.items():
                     known.setdefault(model, did)
+    unjudged: dict[str, list[str]] = {}
+    for row_id, verdict in checked.items():
+        for model in verdict.keys() - judged[row_id].keys():
+            unjudged.setdefault(model, []).append(row_id)
+    for row_id, verdict in _judge_stored(job, unjudged, dataset=dataset, truth=truth).items():
+        judged[row_id] |= verdict
     rows = {r: checked[r] | judged[r] for r in judged}
     kept = [r for r, v in rows.items() if v]
-    return RunExamples([dataset[r] for r in kept], [rows[r] for r in kept], len(left_out))
+    proxies = sum(len(checked[r].keys() - judged[r].keys()) for r in kept)
+    return RunExamples(
+        [dataset.row(r) for r in kept], [rows[r] for r in kept], len(left_out), proxies
+    )
 
 
-def _dataset_rows(job: Job) -> dict[str, dict[str, Any]]:
-    """The job's dataset by row id (as text, as `compare` matches ids across files)."""
-    frame = pl.concat([b.frame for b in open_dataset(job).batches()], how="vertical_relaxed")
-    ids = frame[job.input.id].to_list() if job.input.id is not None else range(frame.height)
-    return {str(i): row for i, row in zip(ids, frame.iter_rows(named=True), strict=True)}
+@dataclass(frozen=True, slots=True)
+class _Dataset:
+    """The job's dataset, its rows found by row id (as text, as `compare` matches ids)."""
+
+    frame: pl.DataFrame
+    index: dict[str, int]
+
+    @classmethod
+    def read(cls, job: Job) -> _Dataset:
+        frame = pl.concat([b.frame for b in open_dataset(job).batches()], how="vertical_relaxed")
+        ids = frame[job.input.id].to_list() if job.input.id is not None else range(frame.height)
+        return cls(frame, {str(i): n for n, i in enumerate(ids)})
+
+    def row(self, row_id: str) -> dict[str, Any]:
+        return self.frame.row(self.index[row_id], named=True)
+
+
+_ROW = "_batchroute_from_runs_row"  # the temporary jobs' row id: the dataset's, as text
+
+
+def _judge_stored(
+    job: Job, wanted: Mapping[str, Sequence[str]], *, dataset: _Dataset, truth: Truth
+) -> dict[str, Verdicts]:
+    """Row id -> model -> its stored answer is right: each model of `wanted` asked again,
+    offline, for its rows, through a temporary `fixed` job as the tuning sample's (the same
+    requests, so the same store keys). A row whose call is not stored is skipped by the run
+    and keeps its check verdict."""
+    out: dict[str, Verdicts] = {}
+    with temp_dir() as tmp:
+        for number, (model, row_ids) in enumerate(sorted(wanted.items())):
+            where = Path(tmp) / f"m{number}"
+            where.mkdir()
+            picks = [dataset.index[r] for r in row_ids]
+            dataset.frame[picks].with_columns(pl.Series(_ROW, list(row_ids))).write_parquet(
+                where / "rows.parquet"
+            )
+            asked = sample_jobs(job, [model], data=where / "rows.parquet", out=where)[model]
+            asked = asked.model_copy(update={"input": asked.input.model_copy(update={"id": _ROW})})
+            report = run(asked, RunOptions(force=True, cache="offline"))
+            if report.stop_error is not None:
+                continue  # nothing judged: the check verdicts stand
+            results = read_results(report.results_path).filter(pl.col("status") == "ok")
+            right = truth.correct(results, run=f"stored answers of {model}").to_list()
+            for row_id, good in zip(results["row_id"].to_list(), right, strict=True):
+                out.setdefault(str(row_id), {})[model] = good
+    return out
 
 
 def _check_compatible(run: Run, *, job: Job, dataset: Mapping[str, object]) -> None:
@@ -111,9 +170,6 @@ def _check_compatible(run: Run, *, job: Job, dataset: Mapping[str, object]) -> N
             f"{run.path}: --from-runs: a run of another job: its [params] differ from"
             f" {job.source}'s, so its answers are not this job's"
         )
-
-
-Verdicts = dict[str, bool]  # model -> its answer did
 
 
 def _verdicts(run: Run, *, truth: Truth) -> dict[str, tuple[Verdicts, Verdicts]]:

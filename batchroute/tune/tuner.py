@@ -180,7 +180,8 @@ def _run_examples(
     extra = read_examples(options.from_runs, job=job, sample_ids=ids, truth=options.truth)
     say(
         f"tune: {len(extra)} examples from {len(options.from_runs)} earlier run(s) for the"
-        f" learned router's training half only ({extra.left_out} rows of the sample left out)"
+        f" learned router's training half only ({extra.left_out} rows of the sample left out;"
+        f" {extra.by_check} verdicts by a check alone, their answers not in the store)"
     )
     return extra
 
