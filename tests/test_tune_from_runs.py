@@ -94,7 +94,7 @@ target = "b"
 def _tune(tmp_path: Path, job: Path, *runs: str | Path) -> tuple[int, str, str]:
     args: list[str | Path] = []
     for run in runs:
-        args += ["--from-runs", run]
+        args += [run] if str(run).startswith("--") else ["--from-runs", run]
     done = run_cli(
         "tune", job, "--truth-scorer", SCORER, "--sample", str(SAMPLE),
         "--target-kept", "0.95", "-o", tmp_path / "job.tuned.toml", "--force", *args,
@@ -191,18 +191,33 @@ def test_a_run_of_another_dataset_or_job_or_no_run_is_refused_in_one_line(
         _job(data="other.parquet", output="out/other.parquet", route=CASCADE, check=True),
         name="other.toml",
     )
+    # The same row ids over another version of the text (the replay still finds the prompt
+    # that the new text contains).
+    frame.head(20).with_columns(
+        pl.when(pl.col("item") == "q7")
+        .then(pl.col("prompt") + " (v2)")
+        .otherwise(pl.col("prompt"))
+        .alias("prompt")
+    ).write_parquet(tmp_path / "changed.parquet")
+    changed = write_job(
+        tmp_path,
+        _job(data="changed.parquet", output="out/changed.parquet", route=CASCADE, check=True),
+        name="changed.toml",
+    )
     # The same dataset asked another prompt: its answers are not this job's.
     reworded = _job(output="out/reworded.parquet", route=CASCADE, check=True).replace(
         'prompt = "{prompt}"', 'prompt = "Answer: {prompt}"'
     )
     reworded_job = write_job(tmp_path, reworded, name="reworded.toml")
-    for made in (other, reworded_job):
+    for made in (other, changed, reworded_job):
         ran = run_cli("run", "-q", made)
         assert ran.returncode == 0, ran.stderr
     job = write_job(tmp_path, _job(output="out/tuned.parquet", route=CASCADE, check=False))
     cases = [
         (tmp_path / "out/other.parquet", "a run of another dataset: 20 of its 20 row ids"),
+        (tmp_path / "out/changed.parquet", "another dataset: 1 of its rows (first: row q7)"),
         (tmp_path / "out/reworded.parquet", "a run of another job: its input.prompt differs"),
+        (tmp_path / "out/reworded.calls.parquet", "this is a calls file"),
         (tmp_path / "out/missing.parquet", "no such results file"),
     ]
     for path, message in cases:
@@ -211,4 +226,7 @@ def test_a_run_of_another_dataset_or_job_or_no_run_is_refused_in_one_line(
         assert len(err.strip().splitlines()) == 1, err
         assert str(path) in err and message in err, err
         assert "answers cost" not in out  # refused before the sample was paid for
+    code, out, err = _tune(tmp_path, job, tmp_path / "out/other.parquet", "--no-learned")
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "--from-runs trains the learned router: it does not go with --no-learned" in err
     assert not (tmp_path / "job.tuned.toml").exists()

@@ -8,11 +8,12 @@ The answers behind the check verdicts are not in the run's files, but their call
 job's store: asked again offline (no call is made), the ones found are judged by the truth too.
 
 Runs are accepted only where their answers speak for this job: every row id of the run is a
-row of the job's dataset (the row ids are what `compare` checks too), and the run asked the
-same prompt with the same parameters. Rows of the tuning sample are left out (so no row of
-the half the guarantee is tested on is ever learned from), and a row seen in several runs
-counts once: per model, a verdict by the truth wins over a check's, else the first is kept.
-The examples only ever join the router's learning half; the test half stays the sample's own.
+row of the job's dataset (the row ids are what `compare` checks too) with the same prompt
+columns, and the run asked the same prompt with the same parameters. Rows of the tuning
+sample are left out (so no row of the half the guarantee is tested on is ever learned from),
+and a row seen in several runs counts once: per model, a verdict by the truth wins over a
+check's, else the first is kept. The examples only ever join the router's learning half; the
+test half stays the sample's own.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from batchroute.results import read_results
 from batchroute.runner import run
 from batchroute.runs import Run, read_run
 from batchroute.truth import Truth
+from batchroute.tune.router_model import text_columns
 from batchroute.tune.sample import sample_jobs, temp_dir
 
 __all__ = ["RunExamples", "read_examples"]
@@ -77,7 +79,7 @@ def read_examples(
     left_out: set[str] = set()
     for path in paths:
         run = read_run(path)
-        _check_compatible(run, job=job, dataset=dataset.index)
+        _check_compatible(run, job=job, dataset=dataset)
         for row_id, (by_truth, by_check) in _verdicts(run, truth=truth).items():
             if row_id in in_sample:
                 left_out.add(row_id)
@@ -148,15 +150,28 @@ def _judge_stored(
     return out
 
 
-def _check_compatible(run: Run, *, job: Job, dataset: Mapping[str, object]) -> None:
+def _check_compatible(run: Run, *, job: Job, dataset: _Dataset) -> None:
     ids = [str(i) for i in run.results["row_id"].to_list()]
-    unknown = sum(1 for i in ids if i not in dataset)
+    unknown = sum(1 for i in ids if i not in dataset.index)
     if unknown:
         raise DatasetError(
             f"{run.path}: --from-runs: a run of another dataset: {unknown} of its"
             f" {len(ids)} row ids (of {run.metadata.get('input', '?')}) are not rows of"
             f" {job.input.path}"
         )
+    # The same ids over other text (another version of the file) are another dataset too.
+    picks = [dataset.index[i] for i in ids]
+    for column in text_columns(job):
+        if column not in run.results.columns or column not in dataset.frame.columns:
+            continue
+        here = dataset.frame[column][picks].cast(pl.String).to_list()
+        there = run.results[column].cast(pl.String).to_list()
+        differ = [i for i, a, b in zip(ids, here, there, strict=True) if a != b]
+        if differ:
+            raise DatasetError(
+                f"{run.path}: --from-runs: a run of another dataset: {len(differ)} of its rows"
+                f" (first: row {differ[0]}) have another {column!r} than {job.input.path}"
+            )
     theirs = run.metadata.get("job") or {}
     ours = job.settings()
     for key in _SAME_INPUT:

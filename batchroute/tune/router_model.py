@@ -15,14 +15,16 @@ import math
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from batchroute.job import Job
 from batchroute.learned import RouterModel, features
-from batchroute.tune.from_runs import RunExamples
 from batchroute.tune.policies import UNIT_GRID, Policy, by_cost
 from batchroute.tune.rules_learn import Split
 from batchroute.tune.sample import Answers
+
+if TYPE_CHECKING:  # from_runs reads the prompt's columns from here
+    from batchroute.tune.from_runs import RunExamples
 
 __all__ = ["router_families", "text_columns", "train"]
 
