@@ -130,6 +130,7 @@ def test_earlier_runs_train_the_router_once_per_row_outside_the_sample(tmp_path:
         f"tune: {ROWS - SAMPLE} examples from 2 earlier run(s) for the learned router's training"
         f" half only ({SAMPLE} rows of the sample left out; 0 verdicts by a check alone"
     ) in out, out
+    assert "at most $" in out.splitlines()[0] and "earlier run(s)" in out.splitlines()[1]
     assert "chosen: learned router: a when p >= " in out, out
     router = json.loads((tmp_path / "job.tuned.router.json").read_text())
     assert router["from_runs"] == ROWS - SAMPLE

@@ -100,7 +100,6 @@ def tune(job: Job, options: TuneOptions, *, say: Callable[[str], None] = print) 
         if job.input.id is not None
         else list(range(sample.frame.height))
     )
-    extra = _run_examples(job, options, ids=ids, say=say)
     table: dict[str, Answers] = {}
     verdicts: dict[str, list[bool]] = {}
     with temp_dir() as tmp:
@@ -115,6 +114,7 @@ def tune(job: Job, options: TuneOptions, *, say: Callable[[str], None] = print) 
             f" ({', '.join(models)}): {cost} by the price tables (stored calls are not paid"
             " again)"
         )
+        extra = _run_examples(job, options, ids=ids, say=say)  # refused before any spend
         spent = 0.0
         for model in models:
             left = None if options.budget_usd is None else options.budget_usd - spent
