@@ -169,6 +169,14 @@ def _tune_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     tune.add_argument(
         "--no-learned", action="store_true", help="do not train a learned router as a candidate"
     )
+    tune.add_argument(
+        "--from-runs",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="RESULTS.parquet",
+        help="an earlier run of this job: its outcomes also train the learned router (repeatable)",
+    )
     tune.add_argument("--budget-usd", type=float, metavar="X", help="cap on tuning's new spend")
     tune.add_argument("-o", "--output", type=Path, required=True, metavar="TUNED.toml")
     tune.add_argument("--force", action="store_true", help="replace an existing -o file")
@@ -425,6 +433,7 @@ def _tune(args: argparse.Namespace) -> int:
         force=args.force,
         kept=args.kept,
         learned=not args.no_learned,
+        from_runs=tuple(args.from_runs),
     )
     tune(job, options)
     return 0

@@ -78,6 +78,7 @@ class RouterModel:
     bias: float
     weights: dict[int, float]
     trained_on: int = 0  # rows
+    from_runs: int = 0  # of those, rows of earlier runs (`tune --from-runs`), not the sample
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -115,6 +116,7 @@ class RouterModel:
                 "bias": self.bias,
                 "weights": {str(k): round(v, 6) for k, v in sorted(self.weights.items()) if v},
                 "trained_on": self.trained_on,
+                "from_runs": self.from_runs,
             },
             indent=1,
         )
@@ -145,6 +147,7 @@ class RouterModel:
                 bias=float(data["bias"]),
                 weights={int(k): float(v) for k, v in dict(data["weights"]).items()},
                 trained_on=int(data.get("trained_on", 0)),
+                from_runs=int(data.get("from_runs", 0)),
             )
             if model.buckets < 1 or not 0.0 <= model.threshold <= 1.0:
                 raise ValueError("buckets must be positive and the threshold within [0, 1]")

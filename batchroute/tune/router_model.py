@@ -6,6 +6,7 @@ on the row's hashed features (learned.py) is fitted on the learning half of the 
 few epochs of stochastic gradient descent, in pure Python. Its threshold grid, fixed before
 any answer is seen and ordered from the safest (0.99: only rows it is sure of go cheap) to
 the cheapest, is one family, tested on the other half, which the model never saw.
+Examples from earlier runs (`--from-runs`, from_runs.py) join the learning half only.
 """
 
 from __future__ import annotations
@@ -14,13 +15,16 @@ import math
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from batchroute.job import Job
 from batchroute.learned import RouterModel, features
 from batchroute.tune.policies import UNIT_GRID, Policy, by_cost
 from batchroute.tune.rules_learn import Split
 from batchroute.tune.sample import Answers
+
+if TYPE_CHECKING:  # from_runs reads the prompt's columns from here
+    from batchroute.tune.from_runs import RunExamples
 
 __all__ = ["router_families", "text_columns", "train"]
 
@@ -79,8 +83,11 @@ def router_families(
     top: str,
     split: Split,
     seed: int,
+    extra: RunExamples | None = None,
 ) -> list[list[Policy]]:
-    """One family per cheaper model: the router's threshold grid on the test half."""
+    """One family per cheaper model: the router's threshold grid on the test half. `extra`
+    rows (earlier runs') are trained on with the learning half; the test half stays the
+    sample's own, so the guarantee's test sees no row the router learned from."""
     text = text_columns(job)
     families = []
     for cheap in by_cost(table):
@@ -88,9 +95,11 @@ def router_families(
             continue
         low, high = table[cheap], table[top]
         labels = [low.correct[i] or not high.correct[i] for i in split.learn]
+        rows = [frame_rows[i] for i in split.learn]
+        more_rows, more_labels = ([], []) if extra is None else extra.labelled(cheap=cheap, top=top)
         bias, weights = train(
-            [frame_rows[i] for i in split.learn],
-            labels,
+            [*rows, *more_rows],
+            labels + more_labels,
             text=text,
             categorical=categorical,
             seed=seed,
@@ -104,7 +113,8 @@ def router_families(
             buckets=BUCKETS,
             bias=bias,
             weights=weights,
-            trained_on=len(split.learn),
+            trained_on=len(rows) + len(more_rows),
+            from_runs=len(more_rows),
         )
         chances = [model.probability(frame_rows[i]) for i in split.test]
         family = []

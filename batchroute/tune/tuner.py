@@ -14,6 +14,7 @@ from batchroute.learned import RouterModel
 from batchroute.truth import Truth
 from batchroute.tune.choose import Choice, choose
 from batchroute.tune.format import format_choice, format_forecast, format_front
+from batchroute.tune.from_runs import RunExamples, read_examples
 from batchroute.tune.kept import KeptStatistic
 from batchroute.tune.policies import Policy, by_cost, cascade_families, single_families
 from batchroute.tune.router_model import router_families
@@ -53,6 +54,7 @@ class TuneOptions:
     rules_on: tuple[str, ...] = ()  # low-cardinality columns to learn routing rules over
     kept: KeptStatistic = "ratio"
     learned: bool = True  # train and test a learned router too
+    from_runs: tuple[Path, ...] = ()  # earlier runs' results: more for the router to learn from
     force: bool = False
 
 
@@ -75,6 +77,8 @@ def _check_options(job: Job, options: TuneOptions) -> None:
     check_target(job.source, target=options.output, force=options.force)
     if options.learned:
         check_target(job.source, target=_router_path(options), force=options.force)
+    elif options.from_runs:
+        raise ConfigError("--from-runs trains the learned router: it does not go with --no-learned")
 
 
 def _router_path(options: TuneOptions) -> Path:
@@ -110,6 +114,7 @@ def tune(job: Job, options: TuneOptions, *, say: Callable[[str], None] = print) 
             f" ({', '.join(models)}): {cost} by the price tables (stored calls are not paid"
             " again)"
         )
+        extra = _run_examples(job, options, ids=ids, say=say)  # refused before any spend
         spent = 0.0
         for model in models:
             left = None if options.budget_usd is None else options.budget_usd - spent
@@ -129,7 +134,9 @@ def tune(job: Job, options: TuneOptions, *, say: Callable[[str], None] = print) 
     say(f"tune: the sample's answers cost ${spent:.4f} in new calls")
     if judge_skipped(job):
         say("tune: the judge check is left out offline (it would need a call per answer)")
-    choice = _choose(job, table, verdicts=verdicts or None, options=options, sample=sample.frame)
+    choice = _choose(
+        job, table, verdicts=verdicts or None, options=options, sample=sample.frame, extra=extra
+    )
     for line in (format_front(choice), format_choice(choice)):
         say(line)
     top = next((s for s in choice.scored if s.policy.key == choice.top), None)
@@ -164,6 +171,21 @@ def tune(job: Job, options: TuneOptions, *, say: Callable[[str], None] = print) 
     return TuneResult(choice, options.output, sample.total_rows)
 
 
+def _run_examples(
+    job: Job, options: TuneOptions, *, ids: Sequence[object], say: Callable[[str], None]
+) -> RunExamples | None:
+    """Earlier runs' examples, read (and refused) before the sample costs anything."""
+    if not options.from_runs:
+        return None
+    extra = read_examples(options.from_runs, job=job, sample_ids=ids, truth=options.truth)
+    say(
+        f"tune: {len(extra)} examples from {len(options.from_runs)} earlier run(s) for the"
+        f" learned router's training half only ({extra.left_out} rows of the sample left out;"
+        f" {extra.by_check} verdicts by a check alone, their answers not in the store)"
+    )
+    return extra
+
+
 def _choose(
     job: Job,
     table: dict[str, Answers],
@@ -171,6 +193,7 @@ def _choose(
     verdicts: dict[str, list[bool]] | None,
     options: TuneOptions,
     sample: pl.DataFrame,
+    extra: RunExamples | None = None,
 ) -> Choice:
     families: list[Sequence[Policy]] = []
     singles = single_families(table)
@@ -189,6 +212,7 @@ def _choose(
             top=top.key,
             split=split,
             seed=options.seed,
+            extra=extra,
         )
     if options.rules_on:
         families += rule_families(
