@@ -1,19 +1,22 @@
 """A batch tier through the LiteLLM proxy's `/v1/files` and `/v1/batches`, with the simulator
 behind it as the OpenAI provider.
 
-The proxy (1.108.7) routes these two APIs apart from its `model_list`: an upload goes to
-`files_settings`' provider, a batch (create, retrieve, cancel) and a file's content to the
-proxy's global OpenAI settings (`litellm_settings.api_base`/`api_key`, else the
-OPENAI_BASE_URL / OPENAI_API_BASE / OPENAI_API_KEY variables, else api.openai.com). The
-config below sets both to the simulator, so nothing leaves 127.0.0.1; the README's "Batch
-APIs" section says the same for users. The simulator accepts only its own key, so a batch on
-its ledger is one the proxy made with the key of its config, never the client's.
+The proxy (1.108.7) sends a request of these APIs that names no model, as batchroute's do,
+with the endpoint and key of the first OpenAI deployment of its model_list that the caller
+may use; an upload also needs `files_settings` to name the openai provider. Its own fallback
+(OPENAI_BASE_URL, OPENAI_API_KEY, else api.openai.com) points at a dead loopback port here,
+so nothing leaves 127.0.0.1. The simulator accepts only its own key, so a batch on its ledger
+is one the proxy made with the key of its config, never the client's. The README's "Batch
+APIs" section tells users the same.
 """
 
 from __future__ import annotations
 
 import json
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -47,21 +50,20 @@ usd_per_mtok = { input = 0.2, output = 0.8 }
 COMPARED = ["row_id", "status", "answer", "model", "escalated", "tiers_tried"]
 
 
-def proxy_config(sim: SimulatorHandle) -> dict[str, Any]:
-    """The proxy's config for OpenAI's Batch API on the simulator."""
-    # batchroute checks the job's models against GET /models before a run; the proxy lists
-    # its model_list, which its batch routes do not read (the requests name no model).
+def proxy_config(sim: SimulatorHandle, *, files_settings: bool = True) -> dict[str, Any]:
+    """The proxy's config for OpenAI's Batch API on the simulator: an OpenAI deployment in
+    model_list, as for chat completions, and `files_settings` naming the openai provider."""
     model = {"model": "openai/t/cheap", "api_base": sim.base_url, "api_key": SIM_KEY}
-    return {
+    config: dict[str, Any] = {
         "model_list": [{"model_name": "t/cheap", "litellm_params": model}],
         "general_settings": {"master_key": MASTER_KEY},
-        # Read by litellm.acreate_batch / aretrieve_batch / acancel_batch / afile_content
-        # (litellm/batches/main.py, litellm/files/main.py) when the request names no model.
-        "litellm_settings": {"api_base": sim.base_url, "api_key": SIM_KEY},
-        # Required for an upload: without it the proxy answers 500 "files_settings is not
-        # set" (get_files_provider_config in proxy/openai_files_endpoints/files_endpoints.py).
-        "files_settings": [{"custom_llm_provider": "openai"}],
     }
+    if files_settings:
+        # An upload needs it even when it adds nothing: get_files_provider_config
+        # (litellm/proxy/openai_files_endpoints/files_endpoints.py) raises without it. The
+        # endpoint and key come from the deployment, as for the batch routes.
+        config["files_settings"] = [{"custom_llm_provider": "openai"}]
+    return config
 
 
 @pytest.fixture(scope="module")
@@ -73,14 +75,13 @@ def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimulatorHandle]:
         yield handle
 
 
-@pytest.fixture(scope="module")
-def proxy(tmp_path_factory: pytest.TempPathFactory, sim: SimulatorHandle) -> Iterator[Server]:
+@contextmanager
+def _proxy(directory: Path, config: dict[str, Any]) -> Iterator[Server]:
     program = peer_program("litellm", "litellm", installed_by="make peers")
-    directory = tmp_path_factory.mktemp("litellm")
-    config = directory / "config.json"  # YAML is a superset of JSON
-    config.write_text(json.dumps(proxy_config(sim)), encoding="utf-8")
+    path = directory / "config.json"  # YAML is a superset of JSON
+    path.write_text(json.dumps(config), encoding="utf-8")
     port = free_port()
-    command = [str(program), "--config", str(config), "--host", "127.0.0.1", "--port", str(port)]
+    command = [str(program), "--config", str(path), "--host", "127.0.0.1", "--port", str(port)]
     try:
         with running_server(
             "litellm",
@@ -102,6 +103,12 @@ def proxy(tmp_path_factory: pytest.TempPathFactory, sim: SimulatorHandle) -> Ite
             yield server
     except ServerUnavailable as exc:
         unavailable(str(exc))
+
+
+@pytest.fixture(scope="module")
+def proxy(tmp_path_factory: pytest.TempPathFactory, sim: SimulatorHandle) -> Iterator[Server]:
+    with _proxy(tmp_path_factory.mktemp("litellm"), proxy_config(sim)) as server:
+        yield server
 
 
 def _nowhere() -> str:
@@ -159,3 +166,75 @@ def test_a_batch_tier_through_the_proxy_runs_on_the_simulator_at_the_batch_price
     )
     assert status == 200 and body["status"] == "completed"
     assert body["request_counts"] == {"total": n, "completed": n, "failed": 0}
+
+
+MASTER = {"Authorization": f"Bearer {MASTER_KEY}"}
+SIMS = {"Authorization": f"Bearer {SIM_KEY}"}
+
+
+def test_the_provider_s_batch_errors_reach_the_client_as_a_bare_500(
+    sim: SimulatorHandle, proxy: Server
+) -> None:
+    # The simulator answers 404 for a batch it does not know, as OpenAI does.
+    status, _, body = http("GET", f"{sim.base_url}/batches/batch_unknown", headers=SIMS)
+    assert status == 404 and body["error"]["message"] == "No such Batch object: batch_unknown"
+    # The proxy's error handler for these routes (handle_exception_on_proxy in
+    # litellm/proxy/utils.py) imports `prisma`, which litellm[proxy] does not install: the
+    # ModuleNotFoundError turns the 404 into a plain-text 500 that names nothing.
+    status, _, body = proxy.request("GET", "/v1/batches/batch_unknown", headers=MASTER)
+    assert (status, body) == (500, "Internal Server Error")
+
+
+def test_without_files_settings_every_upload_is_refused_but_batches_follow_the_model_list(
+    tmp_path: Path, sim: SimulatorHandle
+) -> None:
+    file_id = _upload(sim.base_url, SIMS)[1]["id"]  # a batch input already on the simulator
+    batches = sim.ledger()["batches"]["batches"]
+    with _proxy(tmp_path, proxy_config(sim, files_settings=False)) as bare:
+        status, body = _upload(bare.base_url, MASTER)
+        assert status == 500
+        assert body["error"]["message"] == (
+            "files_settings is not set, set it on your config.yaml file."
+        )
+        # A batch names no model, yet goes to the OpenAI deployment's api_base with its key
+        # (get_team_provider_credentials in litellm/proxy/openai_files_endpoints/
+        # common_utils.py), not to LiteLLM's default OpenAI endpoint (here: nowhere).
+        status, _, body = bare.request(
+            "POST",
+            "/v1/batches",
+            body={
+                "input_file_id": file_id,
+                "endpoint": "/v1/chat/completions",
+                "completion_window": "24h",
+            },
+            headers=MASTER,
+        )
+        assert status == 200 and body["input_file_id"] == file_id
+    assert sim.ledger()["batches"]["batches"] == batches + 1
+
+
+def _upload(base_url: str, headers: dict[str, str]) -> tuple[int, Any]:
+    """POST /files with purpose=batch and a one-line batch input; the status and JSON body."""
+    line = {
+        "custom_id": "r1",
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {"model": "t/cheap", "messages": [{"role": "user", "content": "hi"}]},
+    }
+    boundary = "batchroute-test-boundary"
+    data = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n'
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="in.jsonl"\r\n'
+        f"Content-Type: application/jsonl\r\n\r\n{json.dumps(line)}\n\r\n--{boundary}--\r\n"
+    ).encode()
+    request = urllib.request.Request(f"{base_url}/files", data=data, method="POST")
+    request.add_header("Content-Type", f"multipart/form-data; boundary={boundary}")
+    for name, value in headers.items():
+        request.add_header(name, value)
+    # An empty ProxyHandler: a proxy from the environment must never see loopback calls.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
