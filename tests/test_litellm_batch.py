@@ -31,6 +31,7 @@ from peers import (
     running_server,
     unavailable,
 )
+from relay_server import Relay
 
 from batchroute import load_job, read_calls, read_results
 from batchroute.batch.admin import status_lines
@@ -50,10 +51,10 @@ usd_per_mtok = { input = 0.2, output = 0.8 }
 COMPARED = ["row_id", "status", "answer", "model", "escalated", "tiers_tried"]
 
 
-def proxy_config(sim: SimulatorHandle, *, files_settings: bool = True) -> dict[str, Any]:
-    """The proxy's config for OpenAI's Batch API on the simulator: an OpenAI deployment in
-    model_list, as for chat completions, and `files_settings` naming the openai provider."""
-    model = {"model": "openai/t/cheap", "api_base": sim.base_url, "api_key": SIM_KEY}
+def proxy_config(upstream: str, *, files_settings: bool = True) -> dict[str, Any]:
+    """The proxy's config for OpenAI's Batch API on `upstream` (a base URL): an OpenAI
+    deployment in model_list, as for chat completions, and `files_settings` naming openai."""
+    model = {"model": "openai/t/cheap", "api_base": upstream, "api_key": SIM_KEY}
     config: dict[str, Any] = {
         "model_list": [{"model_name": "t/cheap", "litellm_params": model}],
         "general_settings": {"master_key": MASTER_KEY},
@@ -106,8 +107,15 @@ def _proxy(directory: Path, config: dict[str, Any]) -> Iterator[Server]:
 
 
 @pytest.fixture(scope="module")
-def proxy(tmp_path_factory: pytest.TempPathFactory, sim: SimulatorHandle) -> Iterator[Server]:
-    with _proxy(tmp_path_factory.mktemp("litellm"), proxy_config(sim)) as server:
+def relay(sim: SimulatorHandle) -> Iterator[Relay]:
+    with Relay(sim.root) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def proxy(tmp_path_factory: pytest.TempPathFactory, relay: Relay) -> Iterator[Server]:
+    """The proxy, with the simulator behind a relay that fails polls when a test asks."""
+    with _proxy(tmp_path_factory.mktemp("litellm"), proxy_config(relay.url + "/v1")) as server:
         yield server
 
 
@@ -190,7 +198,7 @@ def test_without_files_settings_every_upload_is_refused_but_batches_follow_the_m
 ) -> None:
     file_id = _upload(sim.base_url, SIMS)[1]["id"]  # a batch input already on the simulator
     batches = sim.ledger()["batches"]["batches"]
-    with _proxy(tmp_path, proxy_config(sim, files_settings=False)) as bare:
+    with _proxy(tmp_path, proxy_config(sim.base_url, files_settings=False)) as bare:
         status, body = _upload(bare.base_url, MASTER)
         assert status == 500
         assert body["error"]["message"] == (
@@ -238,3 +246,28 @@ def _upload(base_url: str, headers: dict[str, str]) -> tuple[int, Any]:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as error:
         return error.code, json.loads(error.read())
+
+
+def test_a_poll_the_proxy_fails_does_not_pay_for_the_batch_twice(
+    tmp_path: Path,
+    sim: SimulatorHandle,
+    relay: Relay,
+    proxy: Server,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    n = 20
+    write_tasks(tmp_path, n)
+    online = _run(_job(tmp_path, sim.base_url, name="online.toml"), SIM_KEY, monkeypatch)
+    sim.reset()
+    # The provider fails polls while the batch runs; the proxy hands each failure on as its
+    # bare 500. The batch still runs upstream: it must be waited for, not sent again.
+    failed, relay.fail_polls = relay.failed, 4
+    job = _job(tmp_path, proxy.base_url, cheap='mode = "batch"\n', name="batch.toml")
+    report = _run(job, MASTER_KEY, monkeypatch)
+    assert relay.failed == failed + 4
+    ledger = sim.ledger()
+    assert ledger["batches"]["batches"] == 1 and ledger["batches"]["lines"] == n
+    results = read_results(report.results_path)
+    expected = read_results(online.results_path)
+    assert results.select(COMPARED).equals(expected.select(COMPARED))
+    assert results["cost_usd"].sum() == pytest.approx(ledger["total_charged_usd"], rel=1e-9)
