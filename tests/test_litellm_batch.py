@@ -1,5 +1,5 @@
 """A batch tier through the LiteLLM proxy's `/v1/files` and `/v1/batches`, with the simulator
-behind it as the OpenAI provider.
+behind it as the OpenAI provider (through a relay that fails polls when a test asks).
 
 The proxy (1.108.7) sends a request of these APIs that names no model, as batchroute's do,
 with the endpoint and key of the first OpenAI deployment of its model_list that the caller
@@ -43,6 +43,8 @@ pytestmark = pytest.mark.timeout(240)
 
 MASTER_KEY = "sk-batchroute-test-master"  # what batchroute sends to the proxy
 SIM_KEY = "sk-batchroute-test-sim"  # what the proxy sends to the simulator
+MASTER = {"Authorization": f"Bearer {MASTER_KEY}"}
+SIMS = {"Authorization": f"Bearer {SIM_KEY}"}
 FIXED = 'strategy = "fixed"\nmodel = "t/cheap"'
 MODELS = """
 [models."t/cheap"]
@@ -169,15 +171,9 @@ def test_a_batch_tier_through_the_proxy_runs_on_the_simulator_at_the_batch_price
     (line,) = status_lines(load_job(job))
     batch_id = line.split()[0]
     assert f"{batch_id}  t/cheap  completed  {n}/{n} done, 0 failed" in line
-    status, _, body = http(
-        "GET", f"{sim.base_url}/batches/{batch_id}", headers={"Authorization": f"Bearer {SIM_KEY}"}
-    )
+    status, _, body = http("GET", f"{sim.base_url}/batches/{batch_id}", headers=SIMS)
     assert status == 200 and body["status"] == "completed"
     assert body["request_counts"] == {"total": n, "completed": n, "failed": 0}
-
-
-MASTER = {"Authorization": f"Bearer {MASTER_KEY}"}
-SIMS = {"Authorization": f"Bearer {SIM_KEY}"}
 
 
 def test_the_provider_s_batch_errors_reach_the_client_as_a_bare_500(
