@@ -13,6 +13,11 @@ APIs" section tells users the same.
 from __future__ import annotations
 
 import json
+import os
+import sqlite3
+import subprocess
+import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -21,7 +26,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import SIM_MODELS, SIM_SEED, job_text, write_job, write_sim_models, write_tasks
+from helpers import (
+    SIM_MODELS,
+    SIM_SEED,
+    job_text,
+    run_cli,
+    write_job,
+    write_sim_models,
+    write_tasks,
+)
 from peers import (
     Server,
     ServerUnavailable,
@@ -73,6 +86,16 @@ def proxy_config(upstream: str, *, files_settings: bool = True) -> dict[str, Any
 def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimulatorHandle]:
     models = write_sim_models(
         tmp_path_factory.mktemp("sim"), SIM_MODELS + "\n[batch]\nlatency_s = 0.3\n"
+    )
+    with running_simulator(models=models, seed=SIM_SEED, api_key=SIM_KEY) as handle:
+        yield handle
+
+
+@pytest.fixture(scope="module")
+def slow_sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimulatorHandle]:
+    # A batch that runs far longer than the test takes to act on it.
+    models = write_sim_models(
+        tmp_path_factory.mktemp("slow"), SIM_MODELS + "\n[batch]\nlatency_s = 600\n"
     )
     with running_simulator(models=models, seed=SIM_SEED, api_key=SIM_KEY) as handle:
         yield handle
@@ -267,3 +290,55 @@ def test_a_poll_the_proxy_fails_does_not_pay_for_the_batch_twice(
     expected = read_results(online.results_path)
     assert results.select(COMPARED).equals(expected.select(COMPARED))
     assert results["cost_usd"].sum() == pytest.approx(ledger["total_charged_usd"], rel=1e-9)
+
+
+def test_status_and_cancel_through_the_proxy_stop_a_running_batch(
+    tmp_path: Path, sim: SimulatorHandle, slow_sim: SimulatorHandle, relay: Relay, proxy: Server
+) -> None:
+    write_tasks(tmp_path, 20)
+    job = _job(tmp_path, proxy.base_url, cheap='mode = "batch"\n', name="job.toml")
+    env = {"BATCHROUTE_TEST_KEY": MASTER_KEY}
+    relay.upstream = slow_sim.root  # the proxy's provider is now the slow simulator
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "batchroute", "run", str(job), "-q"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **env},
+        )
+        batch_id = _recorded_batch(tmp_path / ".batchroute/store.sqlite", process)
+        status = run_cli("status", job, env=env)
+        assert status.returncode == 0, status.stderr
+        line = next(line for line in status.stdout.splitlines() if batch_id in line)
+        assert "t/cheap" in line and ("validating" in line or "in_progress" in line)
+        cancelled = run_cli("cancel", job, env=env)
+        assert cancelled.returncode == 0, cancelled.stderr
+        assert batch_id in cancelled.stdout and "cancel requested" in cancelled.stdout
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        relay.upstream = sim.root
+    assert process.returncode == 5, stderr  # no row ended ok: the batch was cancelled
+    assert "cancelled" in stderr and "Traceback" not in stderr
+    ledger = slow_sim.ledger()
+    assert ledger["batches"]["batches"] == 1 and ledger["batches"]["cancelled"] == 1
+    assert ledger["total_charged_usd"] == 0
+
+
+def _recorded_batch(store: Path, process: subprocess.Popen[str]) -> str:
+    """Wait until the run has recorded its batch's id in the store; the id."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()
+        if store.exists():
+            try:
+                with sqlite3.connect(f"file:{store}?mode=ro", uri=True, timeout=1) as db:
+                    row = db.execute(
+                        "SELECT batch_id FROM batch_files WHERE batch_id IS NOT NULL"
+                    ).fetchone()
+            except sqlite3.OperationalError:  # the table is not created yet
+                row = None
+            if row is not None:
+                return str(row[0])
+        time.sleep(0.02)
+    raise AssertionError("the run recorded no batch within 60 s")
