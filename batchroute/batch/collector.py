@@ -236,6 +236,7 @@ class BatchCollector:
         """Poll with backoff until the batch ends, then resolve every slot from its files."""
         delay, cap = self._poll_s
         last = None
+        failures = 0
         while True:
             if (state.status, state.completed, state.failed) != last:
                 last = (state.status, state.completed, state.failed)
@@ -245,7 +246,14 @@ class BatchCollector:
                 break
             await anyio.sleep(delay)
             delay = min(delay * 1.5, cap)
-            state = await self._client.retrieve(state.id)
+            try:
+                state = await self._client.retrieve(state.id)
+                failures = 0
+            except (BatchApiError, TransportError) as exc:
+                failures += 1
+                if not _transient(exc) or failures >= _POLL_FAILURES:
+                    raise
+                log.warning("polling batch %s failed (%s); polling on", state.id, exc)
         await anyio.to_thread.run_sync(self._table.set_status, file_id, state.status)
         with tempfile.TemporaryDirectory(prefix="batchroute-") as scratch:
             for name in ("output_file_id", "error_file_id"):
@@ -271,6 +279,17 @@ class BatchCollector:
         )
         for slot in slots.values():
             slot.resolve(missing)
+
+
+# A poll that fails for a moment (a timeout, a 429, a 5xx; the LiteLLM proxy turns any error
+# of the provider into a bare 500) does not end the wait: the batch runs on at the provider,
+# and failing its lines would send them again in a new batch, paid twice. Only this many
+# failures in a row (about 15 minutes at the capped delay) give up on it.
+_POLL_FAILURES = 30
+
+
+def _transient(exc: BatchApiError | TransportError) -> bool:
+    return isinstance(exc, TransportError) or exc.status == 429 or exc.status >= 500
 
 
 def _take(replies: Iterator[tuple[str, Reply]], size: int = 1000) -> list[tuple[str, Reply]]:
