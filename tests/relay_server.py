@@ -1,5 +1,5 @@
 """A relay on 127.0.0.1 that forwards every request to an upstream server as it is, except the
-batch polls (`GET /v1/batches/{id}`) a test asks it to fail.
+batch polls (`GET /v1/batches/{id}`) and lists (`GET /v1/batches`) a test asks it to fail.
 
 It stands between the LiteLLM proxy and the simulator, so the proxy meets an upstream that
 fails now and then, as a provider does. It runs its own event loop in a thread.
@@ -32,6 +32,7 @@ class Relay:
         self.upstream = upstream.rstrip("/")
         self.fail_polls = 0
         self.failed = 0  # polls answered 503 so far
+        self.fail_lists = 0  # the next lists of batches (`GET /v1/batches`) to answer 500
         self.url = ""
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
@@ -75,6 +76,9 @@ class Relay:
             self.failed += 1
             error = {"message": "The server is overloaded.", "type": "server_error"}
             return web.json_response({"error": error}, status=503)
+        if request.method == "GET" and request.path == "/v1/batches" and self.fail_lists > 0:
+            self.fail_lists -= 1
+            return web.Response(status=500, text="Internal Server Error")  # as LiteLLM's
         assert self._session is not None
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}
         async with self._session.request(

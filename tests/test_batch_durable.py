@@ -21,6 +21,7 @@ from helpers import (
     write_sim_models,
     write_tasks,
 )
+from relay_server import Relay
 
 from batchroute import read_results
 from batchroute.sim import SimulatorHandle, running_simulator
@@ -132,6 +133,33 @@ def test_a_kill_before_the_batch_id_was_recorded_finds_the_batch_instead_of_payi
     assert set(read_results(tmp_path / "out/results.parquet")["status"]) == {"ok"}
     with sqlite3.connect(store) as db:
         assert db.execute("SELECT batch_id FROM batch_files").fetchall() == [(batch_id,)]
+
+
+def test_a_list_of_batches_that_cannot_be_read_creates_the_batch_anew_and_says_so(
+    tmp_path: Path, slow_sim: SimulatorHandle
+) -> None:
+    # As above, but the provider's list of batches answers 500 (a proxy in front of one that
+    # lists none): the rerun is no worse than before the lookup existed. It creates a batch
+    # (the killed run's is paid too) and warns, rather than failing its rows on every rerun.
+    slow_sim.reset()
+    with Relay(slow_sim.root) as relay:
+        write_tasks(tmp_path, 40)
+        route = 'strategy = "fixed"\nmodel = "t/cheap"'
+        body = job_text(base_url=relay.url + "/v1", route=route, models=MODELS)
+        job = write_job(tmp_path, body.replace("concurrency = 16", "concurrency = 100"))
+        process = _start(job)
+        store = tmp_path / ".batchroute/store.sqlite"
+        _recorded_batch(store, process)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        with sqlite3.connect(store) as db:
+            db.execute("UPDATE batch_files SET batch_id = NULL, status = 'uploaded'")
+        relay.fail_lists = 10
+        resumed = run_cli("run", job)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "could not look for the batch" in resumed.stderr and "HTTP 500" in resumed.stderr
+    assert slow_sim.ledger()["batches"]["batches"] == 2
+    assert set(read_results(tmp_path / "out/results.parquet")["status"]) == {"ok"}
 
 
 def test_status_shows_a_running_batch_and_cancel_stops_it(

@@ -218,7 +218,7 @@ class BatchCollector:
             if row.batch_id is None or row.status == UPLOADED:
                 # Recorded as uploaded: the kill may have come after the provider created the
                 # batch and before its id was recorded. Find it before creating another.
-                found = await self._client.find(row.file_id, created_since=row.created_at - 60)
+                found = await self._find(row.file_id, uploaded_at=row.created_at)
                 if found is None:
                     state = await self._create(row.file_id)  # never created: no re-upload
                 else:
@@ -231,6 +231,24 @@ class BatchCollector:
             await self._collect(row.file_id, state, attached.slots)
         except (BatchApiError, TransportError) as exc:
             _fail_all(attached.slots, exc)
+
+    async def _find(self, file_id: str, *, uploaded_at: float) -> BatchState | None:
+        """The batch the provider made from `file_id`, if its list of batches shows one. A
+        list that cannot be read (a proxy turns a provider's 404 into a 500) is no worse than
+        before the lookup existed: a new batch, and a warning that one may be paid twice."""
+        try:
+            return await self._client.find(file_id, created_since=uploaded_at - 60)
+        except (BatchApiError, TransportError) as exc:
+            # Only the status: a server's own words may echo the key.
+            why = f"HTTP {exc.status}" if isinstance(exc, BatchApiError) else type(exc).__name__
+            log.warning(
+                "model %s: could not look for the batch of %s among the provider's batches"
+                " (%s); creating one: if the killed run had created it, both are paid",
+                self.model,
+                file_id,
+                why,
+            )
+            return None
 
     async def _collect(self, file_id: str, state: BatchState, slots: dict[str, _Slot]) -> None:
         """Poll with backoff until the batch ends, then resolve every slot from its files."""
