@@ -14,8 +14,11 @@ from batchroute.learned import RouterModel
 from batchroute.truth import Truth
 from batchroute.tune.choose import Choice, choose
 from batchroute.tune.format import format_choice, format_forecast, format_front
+from batchroute.tune.frontier import check_chart_target
 from batchroute.tune.kept import KeptStatistic
+from batchroute.tune.page import write_pictures
 from batchroute.tune.policies import Policy, by_cost, cascade_families, single_families
+from batchroute.tune.predict import predict, prediction_table
 from batchroute.tune.router_model import router_families
 from batchroute.tune.rules_learn import check_rule_columns, rule_families, split_sample
 from batchroute.tune.sample import (
@@ -54,6 +57,8 @@ class TuneOptions:
     kept: KeptStatistic = "ratio"
     learned: bool = True  # train and test a learned router too
     force: bool = False
+    plot: Path | None = None  # the sample's cost-quality frontier, as SVG
+    report: Path | None = None  # an HTML page with the frontier and the front's table
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +80,9 @@ def _check_options(job: Job, options: TuneOptions) -> None:
     check_target(job.source, target=options.output, force=options.force)
     if options.learned:
         check_target(job.source, target=_router_path(options), force=options.force)
+    check_chart_target(options.plot, flag="--plot", suffixes=(".svg",), force=options.force)
+    html = (".html", ".htm")
+    check_chart_target(options.report, flag="--report", suffixes=html, force=options.force)
 
 
 def _router_path(options: TuneOptions) -> Path:
@@ -85,6 +93,8 @@ def _router_path(options: TuneOptions) -> Path:
 def tune(job: Job, options: TuneOptions, *, say: Callable[[str], None] = print) -> TuneResult:
     """Tune `job` on a labelled sample and write the tuned job; `say` prints progress."""
     _check_options(job, options)
+    printed: list[str] = []  # for the HTML report, which quotes what tune printed
+    say = _recorded(say, printed)
     models = candidate_models(job, chosen=options.models)
     sample = draw_sample(job, size=options.sample, seed=options.seed, stratify=options.stratify)
     check_rule_columns(sample.frame, options.rules_on, source=job.input.path)
@@ -134,6 +144,7 @@ def tune(job: Job, options: TuneOptions, *, say: Callable[[str], None] = print) 
         say(line)
     top = next((s for s in choice.scored if s.policy.key == choice.top), None)
     if choice.chosen is None:
+        _pictures(job, choice, options, printed=printed, say=say)
         return TuneResult(choice, None, sample.total_rows)
     say(format_forecast(choice, total_rows=sample.total_rows, top=top))
     assert job.source is not None
@@ -154,6 +165,9 @@ def tune(job: Job, options: TuneOptions, *, say: Callable[[str], None] = print) 
     tables = policy_tables(
         policy, original_check=check_tables(original), comment=comment, router_file=router_file
     )
+    rows = {"sample_rows": sample.frame.height, "total_rows": sample.total_rows}
+    forecast = predict(choice, choice.chosen, **rows, seed=options.seed)
+    tables = tables.rstrip("\n") + "\n\n" + prediction_table(forecast)
     write_tuned(
         job.source,
         replace_tables(original, new_tables=tables),
@@ -161,7 +175,31 @@ def tune(job: Job, options: TuneOptions, *, say: Callable[[str], None] = print) 
         force=options.force,
     )
     say(f"tuned job: {options.output}")
+    _pictures(job, choice, options, printed=printed, say=say)
     return TuneResult(choice, options.output, sample.total_rows)
+
+
+def _recorded(say: Callable[[str], None], lines: list[str]) -> Callable[[str], None]:
+    def both(text: str) -> None:
+        lines.append(text)
+        say(text)
+
+    return both
+
+
+def _pictures(
+    job: Job,
+    choice: Choice,
+    options: TuneOptions,
+    *,
+    printed: list[str],
+    say: Callable[[str], None],
+) -> None:
+    assert job.source is not None
+    title = f"batchroute tune: {job.source.name}"
+    write_pictures(
+        choice, plot=options.plot, report=options.report, title=title, printed=printed, say=say
+    )
 
 
 def _choose(
