@@ -175,3 +175,60 @@ def test_compare_shows_what_tune_predicted_against_what_the_run_did(
     page = tmp_path / "report.html"
     assert run_cli("report", results, "--truth", "expected", "-o", page).returncode == 0
     assert "Predicted by tune" in page.read_text(encoding="utf-8")
+
+
+def test_a_dataset_with_repeated_prompts_is_predicted_at_what_the_shared_calls_cost(
+    tmp_path: Path, fresh_sim: SimulatorHandle
+) -> None:
+    # 400 rows, 80 distinct tickets: the run makes one call per distinct prompt (dedupe), so
+    # the sample's cost per row, row by row, would be five times too high.
+    frame = pl.read_parquet(_labelled(tmp_path))
+    frame.with_columns(
+        pl.col("text").gather([i % 80 for i in range(ROWS)]),
+        pl.col("expected").gather([i % 80 for i in range(ROWS)]),
+    ).write_parquet(tmp_path / "tasks.parquet")
+    job_path = write_job(
+        tmp_path, job_text(base_url=fresh_sim.base_url, route=CASCADE, models=MODELS, extra=EXTRA)
+    )
+    tuned = tmp_path / "job.tuned.toml"
+    done = run_cli("tune", job_path, *TUNE, "--target-kept", "0.9", "-o", tuned)
+    assert done.returncode == 0, done.stderr
+    assert "identical prompts counted once" in done.stdout
+    assert run_cli("run", tuned).returncode == 0
+    document = _compare_json(tmp_path / "out/results.parquet")
+    (item,) = document["predictions"]  # type: ignore[misc]
+    cost = next(c for c in item["checked"] if c["figure"] == "$/1k rows")
+    assert cost["inside"] is True, cost
+    assert cost["predicted"] == pytest.approx(cost["actual"], rel=0.25)
+
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+
+
+def _block(after: str, *, fence: str = "```") -> str:
+    """The first fenced block after the text `after` in the README."""
+    start = README.index(fence + "\n", README.index(after)) + len(fence) + 1
+    return README[start : README.index("```", start)]
+
+
+@pytest.mark.timeout(400)
+def test_the_readme_tune_example_prints_what_the_readme_says(tmp_path: Path) -> None:
+    (tmp_path / "jobs").mkdir()
+    (tmp_path / "data").symlink_to(ROOT / "data", target_is_directory=True)
+    for name in ("demo.toml", "top.toml"):
+        (tmp_path / "jobs" / name).write_text((ROOT / "jobs" / name).read_text())
+    table = _block("#### Predicted against actual", fence="```toml")
+    stated_table = tomllib.loads(table)["tune"]
+    out = ""
+    for line in _block("On the demo:").strip().splitlines():
+        words = line.split()
+        assert words[0] == "batchroute", line
+        done = run_cli(*words[1:], cwd=tmp_path, timeout=240)
+        assert done.returncode == 0, (line, done.stderr)
+        out = done.stdout
+    assert _block("`compare` prints:").strip() in out
+    tuned = tomllib.loads((tmp_path / "jobs/demo.tuned.toml").read_text())
+    assert tuned["tune"] == stated_table
+    assert (tmp_path / "out/demo.frontier.svg").is_file()
+    assert (tmp_path / "out/demo.tune.html").is_file()

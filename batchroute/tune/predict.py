@@ -1,7 +1,10 @@
 """The chosen policy's figures on the sample as a prediction for the full run: the `[tune]` table.
 
 The cost interval is the 95% normal interval of the sample's mean cost per row (what the full
-run's mean per row is, the sample being drawn from its rows); accuracy gets a 95%
+run's mean per row is, the sample being drawn from its rows), each row's cost weighted by the
+share of its prompt's copies the sample holds: a run makes one call for identical
+deterministic prompts, so a dataset with repeats costs less per row than the sample's rows
+did one by one (`Sample.dedupe_weight`). Accuracy gets a 95%
 Clopper-Pearson interval over the rows the policy was measured on; kept accuracy its two
 one-sided bounds from the guarantee, each at the level of the chosen policy's family.
 """
@@ -9,20 +12,24 @@ one-sided bounds from the guarantee, each at the level of the chosen policy's fa
 from __future__ import annotations
 
 import math
+import statistics
 
 from batchroute.prediction import Interval, TunePrediction
-from batchroute.tune.choose import Choice, Scored
+from batchroute.tune.choose import Choice, Scored, cost_interval
 from batchroute.tune.guarantee import clopper_pearson_lower, clopper_pearson_upper
+from batchroute.tune.sample import Sample
 from batchroute.tune.writer import toml_value
 
 __all__ = ["predict", "prediction_table"]
 
 
-def predict(
-    choice: Choice, chosen: Scored, *, sample_rows: int, total_rows: int, seed: int
-) -> TunePrediction:
+def predict(choice: Choice, chosen: Scored, *, sample: Sample, seed: int) -> TunePrediction:
     """What a full run of the chosen policy should show, each figure with its interval."""
     policy = chosen.policy
+    weight = sample.dedupe_weight or (1.0,) * sample.frame.height
+    rows = policy.rows if policy.rows is not None else range(len(policy.cost))
+    shares = [cost * weight[r] for cost, r in zip(policy.cost, rows, strict=True)]
+    low, high = cost_interval(shares)
     right, n = sum(policy.correct), len(policy.correct)
     accuracy = Interval(
         predicted=policy.accuracy,
@@ -39,16 +46,16 @@ def predict(
     return TunePrediction(
         policy=policy.key,
         reference=choice.top,
-        sample_rows=sample_rows,
-        total_rows=total_rows,
+        sample_rows=sample.frame.height,
+        total_rows=sample.total_rows,
         seed=seed,
         target_kept=choice.target,
         confidence=choice.confidence,
         kept_statistic=choice.statistic,
         usd_per_1k_rows=Interval(
-            predicted=policy.mean_cost * 1000,
-            low=chosen.cost_low * 1000,
-            high=chosen.cost_high * 1000,
+            predicted=statistics.fmean(shares) * 1000 if shares else 0.0,
+            low=low * 1000,
+            high=high * 1000,
             level=0.95,
         ),
         accuracy=accuracy,

@@ -146,7 +146,9 @@ def tune(job: Job, options: TuneOptions, *, say: Callable[[str], None] = print) 
     if choice.chosen is None:
         _pictures(job, choice, options, printed=printed, say=say)
         return TuneResult(choice, None, sample.total_rows)
-    say(format_forecast(choice, total_rows=sample.total_rows, top=top))
+    forecast = predict(choice, choice.chosen, sample=sample, seed=options.seed)
+    shared = any(w < 1 for w in sample.dedupe_weight)
+    say(format_forecast(choice, prediction=forecast, top=top, shared=shared))
     assert job.source is not None
     original = job.source.read_text(encoding="utf-8")
     comment = (
@@ -165,8 +167,6 @@ def tune(job: Job, options: TuneOptions, *, say: Callable[[str], None] = print) 
     tables = policy_tables(
         policy, original_check=check_tables(original), comment=comment, router_file=router_file
     )
-    rows = {"sample_rows": sample.frame.height, "total_rows": sample.total_rows}
-    forecast = predict(choice, choice.chosen, **rows, seed=options.seed)
     tables = tables.rstrip("\n") + "\n\n" + prediction_table(forecast)
     write_tuned(
         job.source,
