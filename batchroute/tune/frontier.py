@@ -20,7 +20,7 @@ from batchroute.tune.choose import Choice, Scored, pareto
 __all__ = ["check_chart_target", "frontier_svg", "write_text"]
 
 CHOSEN, HOLDS = "#D55E00", "#009E73"  # Okabe & Ito vermillion and green, as in the palette
-_LABEL = 60  # characters of the chosen policy's name shown; its tooltip has all of it
+_LABEL = 84  # characters of the chosen policy's name shown; its tooltip has all of it
 
 
 def _tip(s: Scored) -> str:
@@ -57,10 +57,11 @@ def frontier_svg(choice: Choice, *, width: int = 720, height: int = 440) -> str:
         width=width,
         height=height,
         x_label="cost per 1,000 rows ($), mean on the sample",
-        y_label=f"kept accuracy (of {choice.top}'s)",
+        y_label="kept accuracy (of the top model's)",
     )
     x, y = frame.x, frame.y
-    parts.insert(0, head)
+    reference = f"Cost-quality frontier of the sample; kept is against {choice.top}"
+    parts.insert(0, f"{head}<title>{escape(reference)}</title>")
     ty = y(choice.target)
     parts.append(
         f'<line class="target" x1="{frame.left}" y1="{ty:.1f}" x2="{frame.right}"'
@@ -92,25 +93,29 @@ def frontier_svg(choice: Choice, *, width: int = 720, height: int = 440) -> str:
         )
     if choice.chosen is not None:
         s = choice.chosen
-        middle = (frame.left + frame.right) / 2
-        parts.append(_chosen(s, x=x(s.policy.mean_cost * 1000), y=y(s.kept), middle=middle))
+        parts.append(_chosen(s, x=x(s.policy.mean_cost * 1000), y=y(s.kept), left=frame.left))
     parts.append(_legend(frame.right - 214, frame.bottom - 92, chosen=choice.chosen is not None))
     parts.append("</svg>")
     return "".join(parts)
 
 
-def _chosen(s: Scored, *, x: float, y: float, middle: float) -> str:
-    """A ring round the chosen policy and its name, on the side with room for it."""
+def _chosen(s: Scored, *, x: float, y: float, left: float) -> str:
+    """A ring round the chosen policy and its name above it, ending at its left when it fits.
+
+    Up and to the left of a policy on the front nothing can be (a point there would be both
+    cheaper and better), so that is where the name goes; a name too long for that space starts
+    at the chart's left edge instead, still above the ring.
+    """
     name = s.policy.key if len(s.policy.key) <= _LABEL else s.policy.key[: _LABEL - 1] + "~"
-    leftward = x > middle
-    dx = -12 if leftward else 12
-    anchor = "end" if leftward else "start"
+    text = f"chosen: {name}"
+    fits = x - 12 - len(text) * 7.0 >= left
+    where = f'x="{x - 12:.1f}" text-anchor="end"' if fits else f'x="{left + 4}"'
     return (
         f'<circle class="chosen" cx="{x:.1f}" cy="{y:.1f}" r="10" fill="none"'
         f' stroke="{CHOSEN}" stroke-width="2.5"><title>{escape("chosen: " + _tip(s))}</title>'
         "</circle>"
-        f'<text class="chosen-label" x="{x + dx:.1f}" y="{y - 12:.1f}" text-anchor="{anchor}"'
-        f' fill="{CHOSEN}" font-weight="600">chosen: {escape(name)}</text>'
+        f'<text class="chosen-label" {where} y="{y - 14:.1f}"'
+        f' fill="{CHOSEN}" font-weight="600">{escape(text)}</text>'
     )
 
 
