@@ -17,6 +17,7 @@ from test_tune import CASCADE, EXTRA, MODELS, ROWS, _labelled
 
 from batchroute import load_job
 from batchroute.sim import SimulatorHandle
+from batchroute.tune.writer import replace_tables
 
 SVG = "{http://www.w3.org/2000/svg}"
 TUNE = ["--truth", "expected", "--answer-path", "answer", "--sample", "150", "--seed", "3"]
@@ -232,3 +233,38 @@ def test_the_readme_tune_example_prints_what_the_readme_says(tmp_path: Path) -> 
     assert tuned["tune"] == stated_table
     assert (tmp_path / "out/demo.frontier.svg").is_file()
     assert (tmp_path / "out/demo.tune.html").is_file()
+
+
+def test_tuning_a_tuned_job_replaces_its_tune_table_and_the_tables_comment() -> None:
+    tuned = (
+        '[input]\npath = "t.parquet"\nprompt = "{text}"\n\n[output]\npath = "o.parquet"\n\n'
+        '[route]\nstrategy = "fixed"\nmodel = "a"\n\n'
+        "# What `batchroute tune` predicted for a full run of this job.\n"
+        '[tune]\npolicy = "a"\n\n[run]\nconcurrency = 4\n'
+    )
+    text = replace_tables(tuned, new_tables='[route]\nstrategy = "fixed"\nmodel = "b"\n')
+    assert "[tune]" not in text and "predicted for a full run" not in text
+    assert tomllib.loads(text)["run"] == {"concurrency": 4}
+
+
+def test_the_frontier_is_drawn_when_no_policy_holds_the_target(
+    tmp_path: Path, fresh_sim: SimulatorHandle
+) -> None:
+    job_path = _job(tmp_path, fresh_sim)
+    plot = tmp_path / "frontier.svg"
+    done = run_cli(
+        "tune", job_path, "--truth", "expected", "--answer-path", "answer", "--sample", "5",
+        "--target-kept", "0.99", "-o", tmp_path / "job.tuned.toml", "--plot", plot,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "no policy keeps 99%" in done.stdout and not (tmp_path / "job.tuned.toml").exists()
+    svg = ET.parse(plot).getroot()
+    assert len(_markers(svg)) == _said_count(done.stdout)
+    assert not [c for c in svg.iter(f"{SVG}circle") if "chosen" in _classes(c)]
+    assert "no policy holds the target" in "".join(svg.itertext())
+
+
+def _said_count(stdout: str) -> int:
+    count = re.search(r"Pareto front of (\d+) policies", stdout)
+    assert count, stdout
+    return int(count.group(1))
