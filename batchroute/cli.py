@@ -179,7 +179,15 @@ def _tune_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     tune.add_argument("--budget-usd", type=float, metavar="X", help="cap on tuning's new spend")
     tune.add_argument("-o", "--output", type=Path, required=True, metavar="TUNED.toml")
-    tune.add_argument("--force", action="store_true", help="replace an existing -o file")
+    tune.add_argument(
+        "--plot", type=Path, metavar="FILE.svg", help="draw the sample's cost-quality frontier"
+    )
+    tune.add_argument(
+        "--report", type=Path, metavar="FILE.html", help="an HTML page: frontier, front, output"
+    )
+    tune.add_argument(
+        "--force", action="store_true", help="replace an existing -o, --plot or --report file"
+    )
     tune.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
 
 
@@ -434,6 +442,8 @@ def _tune(args: argparse.Namespace) -> int:
         kept=args.kept,
         learned=not args.no_learned,
         from_runs=tuple(args.from_runs),
+        plot=args.plot,
+        report=args.report,
     )
     tune(job, options)
     return 0

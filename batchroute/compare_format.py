@@ -9,8 +9,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from batchroute.comparison import Comparison
+from batchroute.prediction import Checked, RunPrediction
 
-__all__ = ["FORMATS", "display_rows", "render", "shares_text", "shown_keys"]
+__all__ = ["FORMATS", "display_rows", "prediction_rows", "render", "shares_text", "shown_keys"]
 
 FORMATS = ("table", "csv", "json", "markdown")
 
@@ -123,6 +124,63 @@ def shares_text(shares: list[dict[str, Any]]) -> str:
     return _mix(shares)
 
 
+PREDICTION_HEADERS = ["figure", "predicted", "interval", "actual", "inside"]
+
+
+def prediction_title(item: RunPrediction) -> str:
+    p = item.prediction
+    return (
+        f"{item.run}: predicted by tune for {p.policy} from a {p.sample_rows}-row sample"
+        f" (seed {p.seed}; kept against {p.reference}, target {p.target_kept:.4g})"
+    )
+
+
+def prediction_rows(item: RunPrediction) -> list[list[str]]:
+    """Per figure: the prediction, its interval (and level), the run's figure, inside or not."""
+    rows = []
+    for c in item.checked:
+        show = _per_1k_usd if c.figure == "$/1k rows" else _pct
+        interval = f"{show(c.predicted.low)}-{show(c.predicted.high)} ({c.predicted.level:.1%})"
+        inside = (c.why_missing or "-") if c.inside is None else ("yes" if c.inside else "NO")
+        rows.append([c.figure, show(c.predicted.predicted), interval, show(c.actual), inside])
+    return rows
+
+
+def _per_1k_usd(value: float | None) -> str:
+    return _fixed(value, 4)
+
+
+def _predictions_text(comparison: Comparison, *, markdown: bool) -> list[str]:
+    out: list[str] = []
+    for item in comparison.predictions:
+        headers, rows = PREDICTION_HEADERS, prediction_rows(item)
+        out += ["", prediction_title(item) + ":"]
+        if markdown:
+            out += ["", "| " + " | ".join(headers) + " |", "|---|---:|---:|---:|---|"]
+            out += ["| " + " | ".join(r) + " |" for r in rows]
+            continue
+        widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+        for cells in (headers, *rows):
+            padded = [
+                c.ljust(w) if i in (0, 4) else c.rjust(w)
+                for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+            ]
+            out.append("  " + "  ".join(padded).rstrip())
+    return out
+
+
+def _checked_json(c: Checked) -> dict[str, Any]:
+    return {
+        "figure": c.figure,
+        "predicted": c.predicted.predicted,
+        "low": c.predicted.low,
+        "high": c.predicted.high,
+        "level": c.predicted.level,
+        "actual": c.actual,
+        "inside": c.inside,
+    }
+
+
 def render(comparison: Comparison, *, fmt: str) -> str:
     """The comparison in `fmt`: "table", "csv", "json" or "markdown"."""
     if fmt == "csv":
@@ -146,6 +204,7 @@ def _table(comparison: Comparison) -> str:
 
     out = [line(headers), line(["-" * w for w in widths]), *(line(r) for r in rows), ""]
     out += [f"* {note}" for note in comparison.notes]
+    out += _predictions_text(comparison, markdown=False)
     return "\n".join(out)
 
 
@@ -158,6 +217,7 @@ def _markdown(comparison: Comparison) -> str:
     rule = "|" + "|".join("---:" if r else "---" for r in right) + "|"
     out = [line(headers), rule, *(line(r) for r in rows), ""]
     out += [f"- {note}" for note in comparison.notes]
+    out += _predictions_text(comparison, markdown=True)
     return "\n".join(out)
 
 
@@ -184,4 +244,13 @@ def _json(comparison: Comparison) -> str:
         "notes": list(comparison.notes),
         "runs": comparison.frame.to_dicts(),
     }
+    if comparison.predictions:
+        document["predictions"] = [
+            {
+                "run": item.run,
+                "tune": item.prediction.model_dump(mode="json"),
+                "checked": [_checked_json(c) for c in item.checked],
+            }
+            for item in comparison.predictions
+        ]
     return json.dumps(document, indent=2)

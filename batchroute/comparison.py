@@ -26,6 +26,7 @@ import polars as pl
 
 from batchroute.errors import DatasetError
 from batchroute.job import Prices
+from batchroute.prediction import RunPrediction, check_predictions
 from batchroute.runs import Run, read_run, read_runs
 from batchroute.truth import Scorer, Truth
 
@@ -50,6 +51,8 @@ class Comparison:
     runs: tuple[Run, ...]
     top_tier: str | None
     notes: tuple[str, ...] = field(default=())
+    # Runs of a job written by `batchroute tune`: its predictions against what the run did.
+    predictions: tuple[RunPrediction, ...] = field(default=())
 
     def _repr_html_(self) -> str:
         """The table, its notes and the charts, in a notebook."""
@@ -124,7 +127,10 @@ def compare_runs(
     frame, kept_from = _kept(frame)
     frame = frame.select(_ORDER)
     notes = _notes(frame, top=top, price=price, truth=truth, kept_from=kept_from)
-    return Comparison(frame, tuple(runs), top, notes)
+    predicted = check_predictions(
+        frame.to_dicts(), [r.metadata for r in runs], truth=truth is not None
+    )
+    return Comparison(frame, tuple(runs), top, notes, tuple(predicted))
 
 
 _SCHEMA: dict[str, Any] = {

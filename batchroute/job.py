@@ -45,6 +45,7 @@ from batchroute.job_sections import (
     StoreConfig,
     duration_s,
 )
+from batchroute.prediction import TunePrediction
 
 __all__ = [
     "CheckConfig",
@@ -88,6 +89,7 @@ class Job(Section):
     plans: dict[str, PlanConfig] = {}
     run: RunConfig = RunConfig()
     store: StoreConfig = StoreConfig()
+    tune: TunePrediction | None = None  # written by `batchroute tune`; read by `compare`
     source: Annotated[Path | None, Field(exclude=True)] = None
 
     _checks = field_validator("check", mode="before")(as_check_list)
@@ -212,7 +214,8 @@ _PATH_SETTINGS = (
 #   finished row holds; raising the budget or lowering the concurrency must resume the run.
 #   (`run.repair_attempts` is the exception: it changes answers, so it is keyed.)
 # - [store]: the store is where run ids live; another store cannot hold this run anyway.
-_NOT_KEYED_SECTIONS = ("run", "store")
+# - [tune]: what tune predicted for the run; it changes no answer.
+_NOT_KEYED_SECTIONS = ("run", "store", "tune")
 # The client's timeout, its HTTP library and the variable holding the key: the same answers.
 _NOT_KEYED_ENDPOINT = ("timeout_s", "transport", "api_key_env")
 # Rate limits shape the pace of calls, not their answers.

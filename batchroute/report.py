@@ -12,13 +12,20 @@ from html import escape
 from pathlib import Path
 
 from batchroute.charts import cost_quality, model_mix
-from batchroute.compare_format import display_rows, shares_text, shown_keys
+from batchroute.compare_format import (
+    PREDICTION_HEADERS,
+    display_rows,
+    prediction_rows,
+    prediction_title,
+    shares_text,
+    shown_keys,
+)
 from batchroute.comparison import Comparison
 from batchroute.errors import OutputError
 from batchroute.svg_charts import cost_quality_svg, model_mix_svg
 from batchroute.version import __version__
 
-__all__ = ["render_report", "write_report"]
+__all__ = ["html_page", "render_report", "write_report"]
 
 _CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
 
@@ -66,7 +73,6 @@ def render_report(comparison: Comparison, *, title: str | None = None) -> str:
     headers, rows, right = display_rows(comparison, keys=keys)
     runs = comparison.runs
     title = title or f"batchroute: {len(runs)} run{'s' if len(runs) != 1 else ''} compared"
-    made = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     head_cells = "".join(
         f'<th class="num">{escape(h)}</th>' if r else f"<th>{escape(h)}</th>"
         for h, r in zip(headers, right, strict=True)
@@ -104,25 +110,13 @@ def render_report(comparison: Comparison, *, title: str | None = None) -> str:
         for run in runs
     )
     glossary = "".join(f"<dt>{escape(k)}</dt><dd>{escape(v)}</dd>" for k, v in _GLOSSARY)
-    return f"""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta http-equiv="Content-Security-Policy" content="{_CSP}">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{escape(title)}</title>
-<style>{_STYLE}</style>
-</head>
-<body>
-<h1>{escape(title)}</h1>
-<p class="meta">Made {made} by batchroute {escape(__version__)}.</p>
-<h2>Runs</h2>
+    body = f"""<h2>Runs</h2>
 <div class="scroll"><table id="comparison">
 <thead><tr>{head_cells}</tr></thead>
 <tbody>{body_rows}</tbody>
 </table></div>
 <ul class="notes">{notes}</ul>
-<h2>Plans and models</h2>
+{_predictions(comparison)}<h2>Plans and models</h2>
 <div class="scroll"><table id="plans">
 <thead><tr><th>run</th><th>strategy</th><th>plans (share of rows)</th>
 <th>model mix (share of answered rows)</th></tr></thead>
@@ -143,7 +137,46 @@ def render_report(comparison: Comparison, *, title: str | None = None) -> str:
 <th>version</th></tr></thead>
 <tbody>{files}</tbody>
 </table></div>
-</body>
+"""
+    return html_page(title, body)
+
+
+def _predictions(comparison: Comparison) -> str:
+    """Predicted by `tune` against the run, for runs of a tuned job; nothing otherwise."""
+    if not comparison.predictions:
+        return ""
+    parts = ["<h2>Predicted by tune, and what the run did</h2>"]
+    head = "".join(f"<th>{escape(h)}</th>" for h in PREDICTION_HEADERS)
+    for item in comparison.predictions:
+        rows = "".join(
+            "<tr>" + "".join(f"<td>{escape(c)}</td>" for c in row) + "</tr>"
+            for row in prediction_rows(item)
+        )
+        parts.append(
+            f"<p>{escape(prediction_title(item))}</p>"
+            f'<table class="predicted"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody>'
+            "</table>"
+        )
+    return "\n".join(parts) + "\n"
+
+
+def html_page(title: str, body: str) -> str:
+    """A whole page around `body`: the report's style, its no-fetch policy, the title and
+    when and by what it was made. `tune --report` uses it too, so both pages look alike."""
+    made = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta http-equiv="Content-Security-Policy" content="{_CSP}">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{escape(title)}</title>
+<style>{_STYLE}</style>
+</head>
+<body>
+<h1>{escape(title)}</h1>
+<p class="meta">Made {made} by batchroute {escape(__version__)}.</p>
+{body}</body>
 </html>
 """
 

@@ -8,6 +8,7 @@ dependency (matplotlib stays optional) and keeps the page small (a few kilobytes
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from html import escape
 
 from batchroute.charts import (
@@ -20,7 +21,7 @@ from batchroute.charts import (
     place_labels,
 )
 
-__all__ = ["cost_quality_svg", "model_mix_svg"]
+__all__ = ["FONT", "FRONT", "GREY", "Frame", "axes", "cost_quality_svg", "model_mix_svg"]
 
 FONT = 'font-family="system-ui, sans-serif"'
 FRONT, GREY, GRID = "#0072B2", "#666666", "#e3e3e3"
@@ -29,6 +30,49 @@ FRONT, GREY, GRID = "#0072B2", "#666666", "#e3e3e3"
 def _scale(low: float, high: float, start: float, end: float) -> Callable[[float], float]:
     span = (high - low) or 1.0
     return lambda v: start + (v - low) / span * (end - start)
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """Where a chart's plotting area is, and its data-to-pixel scales."""
+
+    x: Callable[[float], float]
+    y: Callable[[float], float]
+    left: float
+    right: float
+    top: float
+    bottom: float
+
+
+def axes(
+    x_ticks: list[float],
+    y_ticks: list[float],
+    *,
+    width: int,
+    height: int,
+    x_label: str,
+    y_label: str,
+) -> tuple[list[str], Frame]:
+    """The grid, tick labels (x as numbers, y as percentages) and axis titles of a chart."""
+    left, right, top, bottom = 64, width - 24, 20, height - 48
+    x = _scale(x_ticks[0], x_ticks[-1], left, right)
+    y = _scale(y_ticks[0], y_ticks[-1], bottom, top)
+    parts, grid = [], f'stroke="{GRID}"'
+    for t in x_ticks:
+        parts.append(f'<line x1="{x(t):.1f}" y1="{top}" x2="{x(t):.1f}" y2="{bottom}" {grid}/>')
+        parts.append(f'<text x="{x(t):.1f}" y="{bottom + 16}" text-anchor="middle">{t:g}</text>')
+    for t in y_ticks:
+        parts.append(f'<line x1="{left}" y1="{y(t):.1f}" x2="{right}" y2="{y(t):.1f}" {grid}/>')
+        parts.append(
+            f'<text x="{left - 6}" y="{y(t) + 4:.1f}" text-anchor="end">{t * 100:.4g}%</text>'
+        )
+    parts.append(
+        f'<text x="{(left + right) / 2}" y="{height - 10}" text-anchor="middle">'
+        f"{escape(x_label)}</text>"
+        f'<text transform="translate(16 {(top + bottom) / 2}) rotate(-90)"'
+        f' text-anchor="middle">{escape(y_label)}</text>'
+    )
+    return parts, Frame(x, y, left, right, top, bottom)
 
 
 def cost_quality_svg(points: list[Point], *, width: int = 600, height: int = 400) -> str:
@@ -45,29 +89,21 @@ def cost_quality_svg(points: list[Point], *, width: int = 600, height: int = 400
             f'{head}<rect width="{width}" height="{height}" fill="#fafafa"/>'
             f'<text x="{width / 2}" y="{height / 2}" text-anchor="middle">{text}</text></svg>'
         )
-    left, right, top, bottom = 64, width - 24, 20, height - 48
     x_ticks = nice_ticks(0.0, max(p.cost_per_1k for p in points) * 1.15)
     y_low = min(p.accuracy for p in points)
     y_high = max(p.accuracy for p in points)
     pad = max((y_high - y_low) * 0.15, 0.02)
     y_ticks = nice_ticks(max(0.0, y_low - pad), min(1.0, y_high + pad))
-    x = _scale(x_ticks[0], x_ticks[-1], left, right)
-    y = _scale(y_ticks[0], y_ticks[-1], bottom, top)
-    parts, grid = [head], f'stroke="{GRID}"'
-    for t in x_ticks:
-        parts.append(f'<line x1="{x(t):.1f}" y1="{top}" x2="{x(t):.1f}" y2="{bottom}" {grid}/>')
-        parts.append(f'<text x="{x(t):.1f}" y="{bottom + 16}" text-anchor="middle">{t:g}</text>')
-    for t in y_ticks:
-        parts.append(f'<line x1="{left}" y1="{y(t):.1f}" x2="{right}" y2="{y(t):.1f}" {grid}/>')
-        parts.append(
-            f'<text x="{left - 6}" y="{y(t) + 4:.1f}" text-anchor="end">{t * 100:.4g}%</text>'
-        )
-    parts.append(
-        f'<text x="{(left + right) / 2}" y="{height - 10}" text-anchor="middle">'
-        "cost per 1,000 rows ($)</text>"
-        f'<text transform="translate(16 {(top + bottom) / 2}) rotate(-90)"'
-        ' text-anchor="middle">accuracy</text>'
+    grid_parts, frame = axes(
+        x_ticks,
+        y_ticks,
+        width=width,
+        height=height,
+        x_label="cost per 1,000 rows ($)",
+        y_label="accuracy",
     )
+    x, y, right, bottom = frame.x, frame.y, frame.right, frame.bottom
+    parts = [head, *grid_parts]
     steps = front_steps(points)
     path = " ".join(
         f"{'M' if i == 0 else 'L'}{x(a):.1f},{y(b):.1f}" for i, (a, b) in enumerate(steps)

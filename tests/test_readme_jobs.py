@@ -132,6 +132,8 @@ def test_the_other_fragments_are_what_they_say(tmp_path: Path) -> None:
         elif note == "not a full job: a batch tier's settings":
             models = {**base["models"], **fragment["models"]}
             Job.model_validate({**base, "models": models, "run": fragment["run"]})
+        elif note == "not a full job: the table `tune` adds to a tuned job":
+            assert Job.model_validate({**base, **fragment}).tune is not None
         elif note == "not a full job: a simulator model table":
             table = tmp_path / "models.toml"
             table.write_text(body, encoding="utf-8")

@@ -12,7 +12,7 @@ from batchroute.tune.guarantee import Hypothesis, learn_then_test
 from batchroute.tune.kept import Kept, KeptStatistic
 from batchroute.tune.policies import Policy
 
-__all__ = ["Choice", "Scored", "choose", "pareto"]
+__all__ = ["Choice", "Scored", "choose", "cost_interval", "pareto"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +41,8 @@ class Choice:
     statistic: KeptStatistic
 
 
-def _cost_interval(costs: Sequence[float]) -> tuple[float, float]:
+def cost_interval(costs: Sequence[float]) -> tuple[float, float]:
+    """A 95% normal interval of the mean of `costs` (the mean itself with fewer than two)."""
     mean = statistics.fmean(costs) if costs else 0.0
     if len(costs) < 2:
         return mean, mean
@@ -78,7 +79,7 @@ def choose(
     scored = []
     for family in families:
         for policy in family:
-            low, high = _cost_interval(policy.cost)
+            low, high = cost_interval(policy.cost)
             point = kept.point(policy.correct, policy.rows)
             scored.append(Scored(policy, point, low, high, accepted=policy.key in accepted))
     scored.sort(key=lambda s: (s.policy.mean_cost, -s.kept, s.policy.key))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from batchroute.prediction import TunePrediction
 from batchroute.tune.choose import Choice, Scored, pareto
 
 __all__ = ["format_choice", "format_front", "format_forecast"]
@@ -59,20 +60,25 @@ def format_choice(choice: Choice) -> str:
     )
 
 
-def format_forecast(choice: Choice, *, total_rows: int, top: Scored | None) -> str:
+def format_forecast(
+    choice: Choice, *, prediction: TunePrediction, top: Scored | None, shared: bool
+) -> str:
     """The full run's cost, from the chosen policy's cost per row on the sample."""
     s = choice.chosen
     if s is None:
         return ""
+    cost, rows = prediction.usd_per_1k_rows, prediction.total_rows / 1000
     line = (
-        f"full run of {total_rows} rows: about ${s.policy.mean_cost * total_rows:.4f}"
-        f" (95%: ${s.cost_low * total_rows:.4f}-${s.cost_high * total_rows:.4f}), counting"
-        " the sampled rows as new although their calls are stored"
+        f"full run of {prediction.total_rows} rows: about ${cost.predicted * rows:.4f}"
+        f" (95%: ${cost.low * rows:.4f}-${cost.high * rows:.4f}), counting the sampled rows"
+        " as new although their calls are stored"
     )
+    if shared:
+        line += "; identical prompts counted once, as the run shares their call"
     if top is not None:
         # On the same rows: a learned policy is measured on the half it was not learned from.
-        rows = s.policy.rows if s.policy.rows is not None else range(len(top.policy.cost))
-        top_cost = sum(top.policy.cost[r] for r in rows)
+        rows_of = s.policy.rows if s.policy.rows is not None else range(len(top.policy.cost))
+        top_cost = sum(top.policy.cost[r] for r in rows_of)
         if top_cost > 0:
             line += f"; {sum(s.policy.cost) / top_cost:.0%} of {choice.top} alone on those rows"
     return line

@@ -18,6 +18,7 @@ from typing import Any
 import polars as pl
 
 from batchroute.dataset import open_dataset
+from batchroute.dedupe import deterministic
 from batchroute.errors import ConfigError, DatasetError
 from batchroute.estimate import TierEstimate, estimate
 from batchroute.job import Job, RouteConfig, models_named
@@ -58,6 +59,10 @@ class Sample:
 
     frame: pl.DataFrame
     total_rows: int
+    # Per sampled row: its prompt's copies in the sample over its copies in the dataset. A
+    # run makes one call for identical deterministic prompts (`run.dedupe`) and the sample's
+    # own run did the same, so a row's cost times this is its share of the full run's.
+    dedupe_weight: tuple[float, ...] = ()
 
 
 def draw_sample(job: Job, *, size: int, seed: int, stratify: str | None) -> Sample:
@@ -67,11 +72,11 @@ def draw_sample(job: Job, *, size: int, seed: int, stratify: str | None) -> Samp
     if size < 1:
         raise ConfigError(f"--sample {size}: a number of rows, at least 1")
     if size >= frame.height:
-        return Sample(frame, frame.height)
+        return Sample(frame, frame.height, _dedupe_weight(job, frame, list(range(frame.height))))
     rng = random.Random(seed)
     if stratify is None:
         picks = sorted(rng.sample(range(frame.height), size))
-        return Sample(frame[picks], frame.height)
+        return Sample(frame[picks], frame.height, _dedupe_weight(job, frame, picks))
     if stratify not in frame.columns:
         raise DatasetError(f"{job.input.path}: --stratify {stratify}: no such column")
     groups: dict[Any, list[int]] = {}
@@ -84,7 +89,22 @@ def draw_sample(job: Job, *, size: int, seed: int, stratify: str | None) -> Samp
     for key in order[: size - sum(counts.values())]:
         counts[key] += 1
     picks = sorted(i for k, rows in groups.items() for i in rng.sample(rows, counts[k]))
-    return Sample(frame[picks], frame.height)
+    return Sample(frame[picks], frame.height, _dedupe_weight(job, frame, picks))
+
+
+def _dedupe_weight(job: Job, frame: pl.DataFrame, picks: list[int]) -> tuple[float, ...]:
+    """`Sample.dedupe_weight`: 1.0 for every row when the run would not share calls."""
+    source = job.input
+    columns = [source.messages] if source.messages is not None else []
+    for template in (source.template(), source.system_template()):
+        columns += list(template.columns) if template is not None else []
+    params = job.params.model_dump(exclude_none=True)
+    if job.run.dedupe != "auto" or not deterministic(params) or not columns:
+        return (1.0,) * len(picks)
+    columns = list(dict.fromkeys(columns))
+    everywhere = frame.select(pl.len().over(columns).alias("n"))["n"]
+    chosen = frame[picks].select(pl.len().over(columns).alias("n"))["n"]
+    return tuple(k / everywhere[i] for k, i in zip(chosen.to_list(), picks, strict=True))
 
 
 def sample_jobs(job: Job, models: Sequence[str], *, data: Path, out: Path) -> dict[str, Job]:

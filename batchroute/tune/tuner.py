@@ -15,8 +15,11 @@ from batchroute.truth import Truth
 from batchroute.tune.choose import Choice, choose
 from batchroute.tune.format import format_choice, format_forecast, format_front
 from batchroute.tune.from_runs import RunExamples, read_examples
+from batchroute.tune.frontier import check_chart_target
 from batchroute.tune.kept import KeptStatistic
+from batchroute.tune.page import write_pictures
 from batchroute.tune.policies import Policy, by_cost, cascade_families, single_families
+from batchroute.tune.predict import predict, prediction_table
 from batchroute.tune.router_model import router_families
 from batchroute.tune.rules_learn import check_rule_columns, rule_families, split_sample
 from batchroute.tune.sample import (
@@ -56,6 +59,8 @@ class TuneOptions:
     learned: bool = True  # train and test a learned router too
     from_runs: tuple[Path, ...] = ()  # earlier runs' results: more for the router to learn from
     force: bool = False
+    plot: Path | None = None  # the sample's cost-quality frontier, as SVG
+    report: Path | None = None  # an HTML page with the frontier and the front's table
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +84,9 @@ def _check_options(job: Job, options: TuneOptions) -> None:
         check_target(job.source, target=_router_path(options), force=options.force)
     elif options.from_runs:
         raise ConfigError("--from-runs trains the learned router: it does not go with --no-learned")
+    check_chart_target(options.plot, flag="--plot", suffixes=(".svg",), force=options.force)
+    html = (".html", ".htm")
+    check_chart_target(options.report, flag="--report", suffixes=html, force=options.force)
 
 
 def _router_path(options: TuneOptions) -> Path:
@@ -89,6 +97,8 @@ def _router_path(options: TuneOptions) -> Path:
 def tune(job: Job, options: TuneOptions, *, say: Callable[[str], None] = print) -> TuneResult:
     """Tune `job` on a labelled sample and write the tuned job; `say` prints progress."""
     _check_options(job, options)
+    printed: list[str] = []  # for the HTML report, which quotes what tune printed
+    say = _recorded(say, printed)
     models = candidate_models(job, chosen=options.models)
     sample = draw_sample(job, size=options.sample, seed=options.seed, stratify=options.stratify)
     check_rule_columns(sample.frame, options.rules_on, source=job.input.path)
@@ -141,8 +151,11 @@ def tune(job: Job, options: TuneOptions, *, say: Callable[[str], None] = print) 
         say(line)
     top = next((s for s in choice.scored if s.policy.key == choice.top), None)
     if choice.chosen is None:
+        _pictures(job, choice, options, printed=printed, say=say)
         return TuneResult(choice, None, sample.total_rows)
-    say(format_forecast(choice, total_rows=sample.total_rows, top=top))
+    forecast = predict(choice, choice.chosen, sample=sample, seed=options.seed)
+    shared = any(w < 1 for w in sample.dedupe_weight)
+    say(format_forecast(choice, prediction=forecast, top=top, shared=shared))
     assert job.source is not None
     original = job.source.read_text(encoding="utf-8")
     comment = (
@@ -161,6 +174,7 @@ def tune(job: Job, options: TuneOptions, *, say: Callable[[str], None] = print) 
     tables = policy_tables(
         policy, original_check=check_tables(original), comment=comment, router_file=router_file
     )
+    tables = tables.rstrip("\n") + "\n\n" + prediction_table(forecast)
     write_tuned(
         job.source,
         replace_tables(original, new_tables=tables),
@@ -168,6 +182,7 @@ def tune(job: Job, options: TuneOptions, *, say: Callable[[str], None] = print) 
         force=options.force,
     )
     say(f"tuned job: {options.output}")
+    _pictures(job, choice, options, printed=printed, say=say)
     return TuneResult(choice, options.output, sample.total_rows)
 
 
@@ -184,6 +199,29 @@ def _run_examples(
         f" {extra.by_check} verdicts by a check alone, their answers not in the store)"
     )
     return extra
+
+
+def _recorded(say: Callable[[str], None], lines: list[str]) -> Callable[[str], None]:
+    def both(text: str) -> None:
+        lines.append(text)
+        say(text)
+
+    return both
+
+
+def _pictures(
+    job: Job,
+    choice: Choice,
+    options: TuneOptions,
+    *,
+    printed: list[str],
+    say: Callable[[str], None],
+) -> None:
+    assert job.source is not None
+    title = f"batchroute tune: {job.source.name}"
+    write_pictures(
+        choice, plot=options.plot, report=options.report, title=title, printed=printed, say=say
+    )
 
 
 def _choose(

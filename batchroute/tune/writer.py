@@ -1,4 +1,4 @@
-"""The tuned job file: the original text with its `[route]`, `[plans]` and `[check]` replaced.
+"""The tuned job file: the original text with its route, plans, check and tune tables replaced.
 
 The rewrite is textual, by TOML table boundaries, so every other table keeps its text and its
 comments. A removed table takes its own lines with it, up to the comments and blank lines
@@ -21,10 +21,10 @@ from batchroute.job import Job
 from batchroute.tune.policies import Policy
 from batchroute.tune.signals import LOGPROB
 
-__all__ = ["policy_tables", "replace_tables", "write_tuned"]
+__all__ = ["policy_tables", "replace_tables", "toml_value", "write_tuned"]
 
 _HEADER = re.compile(r"^\s*\[\[?\s*([^\]]*?)\s*\]\]?\s*(#.*)?$")
-_REPLACED = re.compile(r"^(route|check|plans)\s*(\.|$)")
+_REPLACED = re.compile(r"^(route|check|plans|tune)\s*(\.|$)")
 
 
 def _is_comment(line: str) -> bool:
@@ -79,7 +79,7 @@ def replace_tables(original: str, *, new_tables: str) -> str:
     return "\n".join(out).rstrip("\n") + "\n"
 
 
-def _toml(value: object) -> str:
+def toml_value(value: object) -> str:
     if isinstance(value, str):
         return json.dumps(value)  # a TOML basic string for any text json escapes
     if isinstance(value, bool):
@@ -87,7 +87,7 @@ def _toml(value: object) -> str:
     if isinstance(value, float):
         return repr(value)
     if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
     return str(value)
 
 
@@ -98,25 +98,25 @@ def policy_tables(
     lines = [f"# {line}" for line in comment.splitlines()]
     if policy.kind == "learned":
         assert router_file is not None
-        tiers = _toml(list(policy.tiers))
+        tiers = toml_value(list(policy.tiers))
         route = ["[route]", 'strategy = "learned"', f"tiers = {tiers}"]
-        return "\n".join([*lines, *route, f"router = {_toml(router_file)}"]) + "\n"
+        return "\n".join([*lines, *route, f"router = {toml_value(router_file)}"]) + "\n"
     if policy.kind == "rules":
         body = policy.detail.get("toml")
         assert isinstance(body, str)
         return "\n".join([*lines, body])
     if len(policy.tiers) == 1:
-        lines += ["[route]", 'strategy = "fixed"', f"model = {_toml(policy.tiers[0])}"]
+        lines += ["[route]", 'strategy = "fixed"', f"model = {toml_value(policy.tiers[0])}"]
     else:
-        lines += ["[route]", 'strategy = "cascade"', f"tiers = {_toml(list(policy.tiers))}"]
+        lines += ["[route]", 'strategy = "cascade"', f"tiers = {toml_value(list(policy.tiers))}"]
     gate = policy.gate
     if gate is not None and gate.signal is not None:
         lines += ["", "[check]", 'type = "confidence"']
         if gate.signal.name == LOGPROB:
             lines.append("logprobs = true")
         else:
-            lines.append(f"path = {_toml(gate.signal.name)}")
-        lines.append(f"threshold = {_toml(float(gate.threshold or 0.0))}")
+            lines.append(f"path = {toml_value(gate.signal.name)}")
+        lines.append(f"threshold = {toml_value(float(gate.threshold or 0.0))}")
     elif original_check:
         lines += ["", original_check.rstrip("\n")]
     return "\n".join(lines) + "\n"
