@@ -150,19 +150,26 @@ class Caller:
         if self._shared is None or not deterministic(params):
             return await self._call_tier(first, first_key=key, messages_for=messages_for)
         assert key is not None
-        outcome, shared = await self._shared.once(
-            key,
-            lambda: self._call_tier(first, first_key=key, messages_for=messages_for),
-            shareable=lambda o: o.failure is None,
-        )
-        if not shared:
-            return outcome
+        while (pending := self._shared.follow(key)) is not None:
+            shared = await self._shared.outcome(pending)
+            if shared is not None:
+                return self._as_shared(shared, first)
+        led: TierOutcome | None = None
+        try:
+            led = await self._call_tier(first, first_key=key, messages_for=messages_for)
+            return led
+        finally:
+            self._shared.finish(key, led if led is not None and led.failure is None else None)
+
+    @staticmethod
+    def _as_shared(outcome: TierOutcome, request: CallRequest) -> TierOutcome:
+        """Another row's outcome, as `request`'s row records it."""
         records = shared_records(
             outcome.records,
-            row_id=row_id,
-            tier=tier,
-            purpose=purpose,
-            shadow=shadow,
+            row_id=request.row_id,
+            tier=request.tier,
+            purpose=request.purpose,
+            shadow=request.shadow,
         )
         return replace(outcome, records=records)
 

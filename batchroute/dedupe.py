@@ -9,7 +9,7 @@ Only an answer is shared: when the first call fails, each waiting row tries on i
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any, Generic, TypeVar
 
@@ -59,49 +59,52 @@ class _Pending(Generic[T]):
 
 
 class SharedCalls(Generic[T]):
-    """The calls of one run by request key, each made once and shared."""
+    """The calls of one run by request key, each made once and shared.
+
+    Used inline by its caller, not through a wrapper coroutine: every coroutine between a
+    row's task and its HTTP request is resumed on each of the request's waits, so a layer
+    here would cost every call, shared or not.
+
+        while (pending := shared.follow(key)) is not None:   # someone else is making it
+            if (value := await shared.outcome(pending)) is not None:
+                return value                                  # theirs, shared
+        try: value = await make()                             # ours: we lead
+        finally: shared.finish(key, value if shareable else None)
+    """
 
     def __init__(self) -> None:
         self._calls: dict[bytes, _Pending[T]] = {}
         self._finished: deque[bytes] = deque()
         self.shared = 0  # outcomes handed to a row that did not make the call
 
-    async def once(
-        self, key: bytes, make: Callable[[], Awaitable[T]], *, shareable: Callable[[T], bool]
-    ) -> tuple[T, bool]:
-        """The outcome of `make` for `key`, and whether it was another row's (shared).
+    def follow(self, key: bytes) -> _Pending[T] | None:
+        """The call in flight (or done) for `key` to wait for; None: there is none, and the
+        caller now leads it (it must `finish` it, also when cancelled)."""
+        pending = self._calls.get(key)
+        if pending is None:
+            self._calls[key] = _Pending()
+        return pending
 
-        The first caller of a key runs `make`; later callers wait for its outcome. One that
-        is not `shareable` (a failure) is not handed on: the next waiter makes its own call.
-        """
-        while True:
-            pending = self._calls.get(key)
-            if pending is None:
-                return await self._lead(key, make, shareable=shareable), False
-            await pending.wait()
-            if pending.value is not None:
-                self.shared += 1
-                return pending.value, True
+    async def outcome(self, pending: _Pending[T]) -> T | None:
+        """The led call's outcome once it ends; None when it was not shareable (a failure):
+        then `follow` again, and perhaps lead."""
+        await pending.wait()
+        if pending.value is not None:
+            self.shared += 1
+        return pending.value
 
-    async def _lead(
-        self, key: bytes, make: Callable[[], Awaitable[T]], *, shareable: Callable[[T], bool]
-    ) -> T:
-        pending: _Pending[T] = _Pending()
-        self._calls[key] = pending
-        value: T | None = None
-        try:
-            value = await make()
-            return value
-        finally:
-            # Also when cancelled: waiters must never wait for a call nobody is making.
-            if value is not None and shareable(value):
-                pending.value = value
-                self._finished.append(key)
-                if len(self._finished) > KEEP_FINISHED:
-                    self._calls.pop(self._finished.popleft(), None)
-            else:
-                del self._calls[key]
-            pending.finish()
+    def finish(self, key: bytes, value: T | None) -> None:
+        """The led call for `key` ended with `value`, shareable, or None (failed, cancelled):
+        waiters must never wait for a call nobody is making."""
+        pending = self._calls[key]
+        if value is not None:
+            pending.value = value
+            self._finished.append(key)
+            if len(self._finished) > KEEP_FINISHED:
+                self._calls.pop(self._finished.popleft(), None)
+        else:
+            del self._calls[key]
+        pending.finish()
 
 
 def shared_records(
