@@ -125,6 +125,27 @@ def test_replay_over_http(tmp_path: Path) -> None:
         assert {"a", "b", "c", JUDGE_MODEL} <= served
 
 
+def test_a_repair_turn_is_replayed_as_the_recorded_answer_to_its_task(tmp_path: Path) -> None:
+    # A recording holds one answer per prompt: a repair turn after it gets that answer again
+    # (paid again), not a 400 for the repair text. A follow-up to an answer that is not the
+    # recorded one, or that does not speak to the answer, is a new prompt, as before.
+    table = tmp_path / "table.parquet"
+    small_table().write_parquet(table)
+    task = {"role": "user", "content": "What is 2 + 2?"}
+    repair = {"role": "user", "content": "Your answer did not match the schema. Reply with JSON."}
+    with running_simulator(replay=table) as sim:
+        said = {"role": "assistant", "content": "It is 4."}
+        status, _, body = _post(sim.base_url, {"model": "a", "messages": [task, said, repair]})
+        assert status == 200 and body["choices"][0]["message"]["content"] == "It is 4."
+        assert sim.ledger()["models"]["a"]["charged_usd"] == pytest.approx(0.0012)
+        other = {"role": "assistant", "content": "Five."}
+        status, _, body = _post(sim.base_url, {"model": "a", "messages": [task, other, repair]})
+        assert status == 400 and "no recorded prompt" in body["error"]["message"]
+        colour = {"role": "user", "content": "Name a colour."}
+        status, _, body = _post(sim.base_url, {"model": "a", "messages": [task, said, colour]})
+        assert status == 200 and body["choices"][0]["message"]["content"] == "Blue."
+
+
 def test_a_bad_replay_table_is_a_config_error(tmp_path: Path) -> None:
     bad = tmp_path / "bad.parquet"
     pl.DataFrame({"question": ["x"]}).write_parquet(bad)

@@ -25,12 +25,13 @@ message, exactly as before.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 
 from batchroute.sim import answers
 from batchroute.sim.request import ChatRequest
 
-__all__ = ["FEEDBACK", "draw"]
+__all__ = ["FEEDBACK", "draw", "replayed_task"]
 
 # How a user message that speaks to the answer before it opens (compared in lower case).
 FEEDBACK = (
@@ -79,3 +80,24 @@ def _own(d: answers.Draw, *, said: str, req: ChatRequest) -> answers.Draw | None
         if content.strip() == said.strip():
             return candidate
     return None
+
+
+def replayed_task(req: ChatRequest, *, recorded: Callable[[str], str | None]) -> str:
+    """Replay mode's prompt to look up: the last user message, or, for a follow-up to the
+    recorded answer (`recorded(prompt)`, None when there is none) of the task before it, that
+    task. A recording holds one answer per prompt, so a repair turn gets the same answer again:
+    its content kept, its format as the model first wrote it."""
+    roles, texts = req.roles, req.texts
+    start = len(roles)
+    while start >= 2 and roles[start - 1] == "user" and roles[start - 2] == "assistant":
+        start -= 2
+    if start == len(roles):
+        return req.prompt
+    task = next((texts[i] for i in range(start - 1, -1, -1) if roles[i] == "user"), None)
+    for i in range(start, len(roles), 2):
+        said, asked = texts[i], texts[i + 1]
+        feedback = asked.lstrip().lower().startswith(FEEDBACK)
+        answer = recorded(task) if task is not None and feedback else None
+        if answer is None or answer.strip() != said.strip():
+            task = asked  # not a follow-up to the recorded answer: a new task, as before
+    return task if task is not None else req.prompt

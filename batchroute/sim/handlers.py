@@ -192,8 +192,16 @@ def _replayed(sim: Sim, req: ChatRequest, *, book: ModelBook) -> Response:
     assert sim.replay is not None
     rid = sim.next_id()
     headers = {"x-request-id": f"req_{rid}"}
+    replay = sim.replay
+
+    def recorded(prompt: str) -> str | None:
+        try:
+            return replay.reply(req.model, prompt).content
+        except ReplayMiss:
+            return None
+
     try:
-        reply = sim.replay.reply(req.model, req.prompt)
+        reply = replay.reply(req.model, followups.replayed_task(req, recorded=recorded))
     except ReplayMiss as exc:
         book.errors[exc.status] = book.errors.get(exc.status, 0) + 1
         return _error(exc.status, headers=headers, message=str(exc), param="messages")
