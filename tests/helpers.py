@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import sqlite3
 import subprocess
 import sys
@@ -159,3 +160,55 @@ def wait_for_calls(store: Path, count: int, process: subprocess.Popen[str]) -> N
         assert process.poll() is None, "the run ended before the point it was to stop at"
         assert time.monotonic() < deadline, "the run made no progress"
         time.sleep(0.01)
+
+
+def wait_for_batch_id(store: Path, process: subprocess.Popen[str], *, timeout: float = 60) -> str:
+    """Until the running `process` has recorded its batch's id in the store; the id."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()
+        if store.exists():
+            try:
+                with sqlite3.connect(f"file:{store}?mode=ro", uri=True, timeout=1) as db:
+                    row = db.execute(
+                        "SELECT batch_id FROM batch_files WHERE batch_id IS NOT NULL"
+                    ).fetchone()
+            except sqlite3.OperationalError:  # the table is not created yet
+                row = None
+            if row is not None:
+                return str(row[0])
+        time.sleep(0.02)
+    raise AssertionError(f"the run recorded no batch within {timeout:g} s")
+
+
+# --- replayed outcomes for tune's learned router: only the words tell easy from hard.
+
+LEARNED_TOPICS = ("rivers", "planets", "poems", "bridges", "insects", "markets")
+
+
+def write_easy_hard_table(path: Path, *, rows: int, with_level: bool = False) -> pl.DataFrame:
+    """A replay table: the cheap model `a` gets the easy half right and 20% of the hard half,
+    the dear `b` everything; the prompt's words (and `level`, when asked for) tell them apart."""
+    rng = random.Random(5)
+    easy = [i % 2 == 0 for i in range(rows)]
+    columns: dict[str, list[object]] = {"item": [f"q{i}" for i in range(rows)]}
+    if with_level:
+        columns["level"] = ["easy" if e else "hard" for e in easy]
+    columns["prompt"] = [
+        f"Question {i} ({'a simple warm-up' if e else 'a tricky proof'}) on"
+        f" {LEARNED_TOPICS[i % len(LEARNED_TOPICS)]}: what follows?"
+        for i, e in enumerate(easy)
+    ]
+    columns |= {
+        "a__correct": [e or rng.random() < 0.2 for e in easy],
+        "a__input_tokens": [50] * rows,
+        "a__output_tokens": [1] * rows,
+        "a__cost_usd": [0.0001] * rows,
+        "b__correct": [True] * rows,
+        "b__input_tokens": [50] * rows,
+        "b__output_tokens": [1] * rows,
+        "b__cost_usd": [0.002] * rows,
+    }
+    frame = pl.DataFrame(columns)
+    frame.write_parquet(path)
+    return frame

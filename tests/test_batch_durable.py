@@ -7,7 +7,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from helpers import (
     SIM_SEED,
     job_text,
     run_cli,
+    wait_for_batch_id,
     write_job,
     write_sim_models,
     write_tasks,
@@ -53,23 +53,6 @@ def _job(directory: Path, sim: SimulatorHandle) -> Path:
     return write_job(directory, body.replace("concurrency = 16", "concurrency = 100"))
 
 
-def _recorded_batch(store: Path, process: subprocess.Popen[str]) -> str:
-    """Wait until the run has recorded its batch's id in the store; the id."""
-    while True:
-        assert process.poll() is None, process.communicate()
-        if store.exists():
-            try:
-                with sqlite3.connect(f"file:{store}?mode=ro", uri=True, timeout=1) as db:
-                    row = db.execute(
-                        "SELECT batch_id FROM batch_files WHERE batch_id IS NOT NULL"
-                    ).fetchone()
-            except sqlite3.OperationalError:  # the table is not created yet
-                row = None
-            if row is not None:
-                return str(row[0])
-        time.sleep(0.02)
-
-
 def _start(job: Path) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "batchroute", "run", str(job), "-q"],
@@ -93,7 +76,7 @@ def test_kill_9_during_a_batch_then_rerun_collects_the_same_batch(
     slow_sim.reset()
     job = _job(tmp_path, slow_sim)
     process = _start(job)
-    batch_id = _recorded_batch(tmp_path / ".batchroute/store.sqlite", process)
+    batch_id = wait_for_batch_id(tmp_path / ".batchroute/store.sqlite", process)
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert slow_sim.ledger()["batches"]["batches"] == 1
@@ -120,7 +103,7 @@ def test_a_kill_before_the_batch_id_was_recorded_finds_the_batch_instead_of_payi
     job = _job(tmp_path, slow_sim)
     process = _start(job)
     store = tmp_path / ".batchroute/store.sqlite"
-    batch_id = _recorded_batch(store, process)
+    batch_id = wait_for_batch_id(store, process)
     process.send_signal(signal.SIGKILL)
     process.wait()
     with sqlite3.connect(store) as db:
@@ -149,7 +132,7 @@ def test_a_list_of_batches_that_cannot_be_read_creates_the_batch_anew_and_says_s
         job = write_job(tmp_path, body.replace("concurrency = 16", "concurrency = 100"))
         process = _start(job)
         store = tmp_path / ".batchroute/store.sqlite"
-        _recorded_batch(store, process)
+        wait_for_batch_id(store, process)
         process.send_signal(signal.SIGKILL)
         process.wait()
         with sqlite3.connect(store) as db:
@@ -169,7 +152,7 @@ def test_status_shows_a_running_batch_and_cancel_stops_it(
     job = _job(tmp_path, slow_sim)
     assert "no batches recorded" in run_cli("status", job).stdout
     process = _start(job)
-    batch_id = _recorded_batch(tmp_path / ".batchroute/store.sqlite", process)
+    batch_id = wait_for_batch_id(tmp_path / ".batchroute/store.sqlite", process)
     status = run_cli("status", job)
     assert status.returncode == 0, status.stderr
     line = next(line for line in status.stdout.splitlines() if batch_id in line)
@@ -193,7 +176,7 @@ def test_an_interrupt_does_not_wait_for_the_batch_which_stays_recorded(tmp_path:
             job.read_text().replace("concurrency = 100", "concurrency = 100\ngrace_s = 0.2")
         )
         process = _start(job)
-        batch_id = _recorded_batch(tmp_path / ".batchroute/store.sqlite", process)
+        batch_id = wait_for_batch_id(tmp_path / ".batchroute/store.sqlite", process)
         process.send_signal(signal.SIGINT)
         _, stderr = process.communicate(timeout=60)  # not the batch's hour
         assert process.returncode == 130, stderr

@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -31,6 +29,7 @@ from helpers import (
     SIM_SEED,
     job_text,
     run_cli,
+    wait_for_batch_id,
     write_job,
     write_sim_models,
     write_tasks,
@@ -307,7 +306,7 @@ def test_status_and_cancel_through_the_proxy_stop_a_running_batch(
             text=True,
             env={**os.environ, **env},
         )
-        batch_id = _recorded_batch(tmp_path / ".batchroute/store.sqlite", process)
+        batch_id = wait_for_batch_id(tmp_path / ".batchroute/store.sqlite", process)
         status = run_cli("status", job, env=env)
         assert status.returncode == 0, status.stderr
         line = next(line for line in status.stdout.splitlines() if batch_id in line)
@@ -323,22 +322,3 @@ def test_status_and_cancel_through_the_proxy_stop_a_running_batch(
     ledger = slow_sim.ledger()
     assert ledger["batches"]["batches"] == 1 and ledger["batches"]["cancelled"] == 1
     assert ledger["total_charged_usd"] == 0
-
-
-def _recorded_batch(store: Path, process: subprocess.Popen[str]) -> str:
-    """Wait until the run has recorded its batch's id in the store; the id."""
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        assert process.poll() is None, process.communicate()
-        if store.exists():
-            try:
-                with sqlite3.connect(f"file:{store}?mode=ro", uri=True, timeout=1) as db:
-                    row = db.execute(
-                        "SELECT batch_id FROM batch_files WHERE batch_id IS NOT NULL"
-                    ).fetchone()
-            except sqlite3.OperationalError:  # the table is not created yet
-                row = None
-            if row is not None:
-                return str(row[0])
-        time.sleep(0.02)
-    raise AssertionError("the run recorded no batch within 60 s")

@@ -5,47 +5,17 @@ or job is a one-line refusal (replayed outcomes on the simulator)."""
 from __future__ import annotations
 
 import json
-import random
 import re
 import tomllib
 from pathlib import Path
 
 import polars as pl
-from helpers import run_cli, write_job
+from helpers import run_cli, write_easy_hard_table, write_job
 
 from batchroute import read_results
 
 ROWS, SAMPLE = 600, 300
-TOPICS = ("rivers", "planets", "poems", "bridges", "insects", "markets")
 SCORER = "batchroute.sim.replay:recorded_correct"
-
-
-def _table(path: Path) -> pl.DataFrame:
-    """As in test_tune_learned: the cheap `a` gets the easy half right and 20% of the hard
-    half; the dear `b` gets everything right; only the words (and `level`) tell them apart."""
-    rng = random.Random(5)
-    easy = [i % 2 == 0 for i in range(ROWS)]
-    frame = pl.DataFrame(
-        {
-            "item": [f"q{i}" for i in range(ROWS)],
-            "level": ["easy" if e else "hard" for e in easy],
-            "prompt": [
-                f"Question {i} ({'a simple warm-up' if e else 'a tricky proof'}) on"
-                f" {TOPICS[i % len(TOPICS)]}: what follows?"
-                for i, e in enumerate(easy)
-            ],
-            "a__correct": [e or rng.random() < 0.2 for e in easy],
-            "a__input_tokens": [50] * ROWS,
-            "a__output_tokens": [1] * ROWS,
-            "a__cost_usd": [0.0001] * ROWS,
-            "b__correct": [True] * ROWS,
-            "b__input_tokens": [50] * ROWS,
-            "b__output_tokens": [1] * ROWS,
-            "b__cost_usd": [0.002] * ROWS,
-        }
-    )
-    frame.write_parquet(path)
-    return frame
 
 
 def _job(*, data: str = "table.parquet", output: str, route: str, check: bool) -> str:
@@ -103,7 +73,7 @@ def _tune(tmp_path: Path, job: Path, *runs: str | Path) -> tuple[int, str, str]:
 
 
 def test_earlier_runs_train_the_router_once_per_row_outside_the_sample(tmp_path: Path) -> None:
-    frame = _table(tmp_path / "table.parquet")
+    frame = write_easy_hard_table(tmp_path / "table.parquet", rows=ROWS, with_level=True)
     cascade = write_job(
         tmp_path, _job(output="out/cascade.parquet", route=CASCADE, check=True), name="c.toml"
     )
@@ -161,7 +131,7 @@ def test_a_run_whose_calls_are_not_in_the_store_teaches_by_its_check_verdicts(
 ) -> None:
     """The earlier run kept its calls in another store: the escalated rows' cheap answers
     cannot be asked again offline, so their check verdicts stand in for the truth."""
-    _table(tmp_path / "table.parquet")
+    write_easy_hard_table(tmp_path / "table.parquet", rows=ROWS, with_level=True)
     elsewhere = _job(output="out/cascade.parquet", route=CASCADE, check=True)
     made = write_job(tmp_path, elsewhere + '\n[store]\npath = "elsewhere.sqlite"\n', name="c.toml")
     ran = run_cli("run", "-q", made)
@@ -182,7 +152,7 @@ def test_a_run_whose_calls_are_not_in_the_store_teaches_by_its_check_verdicts(
 def test_a_run_of_another_dataset_or_job_or_no_run_is_refused_in_one_line(
     tmp_path: Path,
 ) -> None:
-    frame = _table(tmp_path / "table.parquet")
+    frame = write_easy_hard_table(tmp_path / "table.parquet", rows=ROWS, with_level=True)
     # Another dataset: the same prompts (so the replay answers them) under other row ids.
     frame.head(20).with_columns(pl.format("z{}", pl.col("item")).alias("item")).write_parquet(
         tmp_path / "other.parquet"

@@ -4,45 +4,15 @@ JSON, and `route.strategy = "learned"` routes by it before any call (replayed ou
 from __future__ import annotations
 
 import json
-import random
 import tomllib
 from pathlib import Path
 
-import polars as pl
-from helpers import run_cli, write_job
+from helpers import run_cli, write_easy_hard_table, write_job
 
 from batchroute import read_results
 from batchroute.learned import FORMAT, RouterModel
 
 ROWS = 600
-TOPICS = ("rivers", "planets", "poems", "bridges", "insects", "markets")
-
-
-def _table(path: Path) -> pl.DataFrame:
-    """Easy questions the cheap model `a` always gets right; hard ones it gets right 20% of
-    the time; the dear model `b` gets everything right. Only the words tell them apart."""
-    rng = random.Random(5)
-    easy = [i % 2 == 0 for i in range(ROWS)]
-    frame = pl.DataFrame(
-        {
-            "item": [f"q{i}" for i in range(ROWS)],
-            "prompt": [
-                f"Question {i} ({'a simple warm-up' if e else 'a tricky proof'}) on"
-                f" {TOPICS[i % len(TOPICS)]}: what follows?"
-                for i, e in enumerate(easy)
-            ],
-            "a__correct": [e or rng.random() < 0.2 for e in easy],
-            "a__input_tokens": [50] * ROWS,
-            "a__output_tokens": [1] * ROWS,
-            "a__cost_usd": [0.0001] * ROWS,
-            "b__correct": [True] * ROWS,
-            "b__input_tokens": [50] * ROWS,
-            "b__output_tokens": [1] * ROWS,
-            "b__cost_usd": [0.002] * ROWS,
-        }
-    )
-    frame.write_parquet(path)
-    return frame
 
 
 JOB = """
@@ -73,7 +43,7 @@ tiers = ["a", "b"]
 
 
 def test_tune_learns_a_router_and_the_learned_strategy_routes_by_it(tmp_path: Path) -> None:
-    frame = _table(tmp_path / "table.parquet")
+    frame = write_easy_hard_table(tmp_path / "table.parquet", rows=ROWS)
     job = write_job(tmp_path, JOB)
     done = run_cli(
         "tune", job, "--truth-scorer", "batchroute.sim.replay:recorded_correct",
@@ -106,7 +76,7 @@ def test_tune_learns_a_router_and_the_learned_strategy_routes_by_it(tmp_path: Pa
 
 
 def test_a_bad_router_file_is_a_one_line_error(tmp_path: Path) -> None:
-    _table(tmp_path / "table.parquet")
+    write_easy_hard_table(tmp_path / "table.parquet", rows=ROWS)
     route = '[route]\nstrategy = "learned"\ntiers = ["a", "b"]\nrouter = "r.json"\n'
     job = write_job(tmp_path, JOB.split("[route]")[0] + route)
     cases = [
