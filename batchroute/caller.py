@@ -10,7 +10,8 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -283,39 +284,48 @@ class Caller:
         collector = self._collector(request.model, attempt=attempt)
         if collector is not None:
             # No rate limiter: a batch line is not a request per minute. The budget still is.
-            cost_estimate = await self._budget.admit(
-                request.model, prompt_tokens=prompt_tokens, max_tokens=max_tokens
-            )
-            if cost_estimate is None:
-                assert self._control.stop_error is not None
-                return _Attempt(None, failure=_skipped(self._control.stop_error))
-            try:
+            async with self._admitted(request.model, prompt_tokens, max_tokens) as admitted:
+                if not admitted:
+                    return self._stopped()
                 return await self._send(request, attempt=attempt, collector=collector)
-            finally:
-                self._budget.release(cost_estimate)
         limits = self._limits[request.model]
         if (wait := limits.cool_down_left()) > 0:
             # After a 429 the whole model waits; not a bare sleep, so a stop ends the wait.
             with anyio.move_on_after(wait):
                 await self._control.stopping.wait()
             if self._control.stop_error is not None:
-                return _Attempt(None, failure=_skipped(self._control.stop_error))
+                return self._stopped()
         calling = limits.call(prompt_tokens=prompt_tokens, max_tokens=max_tokens)
-        async with calling as reservation:
-            # Admitted after the limiter's wait, right before sending: the spend is current.
-            cost_estimate = await self._budget.admit(
-                request.model, prompt_tokens=prompt_tokens, max_tokens=max_tokens
+        # Admitted after the limiter's wait, right before sending: the spend is current.
+        admitting = self._admitted(request.model, prompt_tokens, max_tokens)
+        async with calling as reservation, admitting as admitted:
+            if not admitted:
+                return self._stopped()
+            return await self._send(
+                request, attempt=attempt, limits=limits, reservation=reservation
             )
-            if cost_estimate is None:
-                assert self._control.stop_error is not None
-                return _Attempt(None, failure=_skipped(self._control.stop_error))
-            try:
-                return await self._send(
-                    request, attempt=attempt, limits=limits, reservation=reservation
-                )
-            finally:
-                # Also when cancelled mid-call (an interrupt): the estimate leaves the books.
-                self._budget.release(cost_estimate)
+
+    @asynccontextmanager
+    async def _admitted(
+        self, model: str, prompt_tokens: int, max_tokens: int
+    ) -> AsyncIterator[bool]:
+        """Whether the budget admits the call; its estimate stays on the books until the call
+        ends, also when it is cancelled mid-call (an interrupt)."""
+        estimate = await self._budget.admit(
+            model, prompt_tokens=prompt_tokens, max_tokens=max_tokens
+        )
+        if estimate is None:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            self._budget.release(estimate)
+
+    def _stopped(self) -> _Attempt:
+        """No call: the run is stopping (the budget, an interrupt, a fatal answer)."""
+        assert self._control.stop_error is not None
+        return _Attempt(None, failure=_skipped(self._control.stop_error))
 
     async def _send(
         self,
