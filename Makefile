@@ -108,6 +108,7 @@ bench: install ray $(VENV)/.bench-installed
 	$(BIN)/python bench/latency.py
 	$(BIN)/python bench/cascade.py
 	$(BIN)/python bench/memory.py
+	$(BIN)/python bench/await_depth.py
 	$(BIN)/python bench/startup.py
 	$(BIN)/python bench/store_cost.py
 	$(BIN)/python bench/profile.py
