@@ -90,8 +90,9 @@ lint: install
 	$(BIN)/ruff format --check batchroute tests bench data jobs
 	$(BIN)/mypy
 
+# Four pytest-xdist workers on two cores: most tests wait on a subprocess or a socket.
 test: lint peers ray
-	$(BIN)/pytest -q -m 'not model'
+	$(BIN)/pytest -q -m 'not model' -n 4 --dist loadgroup
 
 test-model: install model
 	$(BIN)/pytest -q -m model

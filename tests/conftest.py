@@ -1,4 +1,10 @@
-"""Shared fixtures: a real simulator on 127.0.0.1 for tests of HTTP, one in-process for the rest."""
+"""Shared fixtures: a real simulator on 127.0.0.1 for tests of HTTP, one in-process for the rest.
+
+`make test` runs the suite on several pytest-xdist workers (`--dist loadgroup`). The Ray
+tests form one group, so one worker runs them one cluster at a time (two Ray clusters on two
+cores starve each other), and they are collected first: they are the longest chain, and the
+other workers share the rest meanwhile.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +17,15 @@ from inprocess import InProcessSim
 
 from batchroute.sim import SimConfig, SimulatorHandle, load_sim_config, running_simulator
 from batchroute.sim.state import Sim
+
+RAY_MODULES = ("test_ray.py", "test_ray_faults.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    ray = [item for item in items if item.path.name in RAY_MODULES]
+    for item in ray:
+        item.add_marker(pytest.mark.xdist_group("ray"))
+    items[:] = ray + [item for item in items if item.path.name not in RAY_MODULES]
 
 
 @pytest.fixture(scope="session")
