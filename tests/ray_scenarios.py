@@ -2,7 +2,7 @@
 network namespace: each starts a simulator, runs the real CLI on Ray, breaks something, and
 prints one JSON line of what the simulator's ledger and the outputs say.
 
-    python tests/ray_scenarios.py worker|driver DIRECTORY
+    python tests/ray_scenarios.py worker|node|driver|s3|budget DIRECTORY
 """
 
 from __future__ import annotations
@@ -124,6 +124,59 @@ def driver(directory: Path) -> dict[str, object]:
         return _outcome(directory, sim.ledger(), paid_before_kill=paid_before, rc=done.returncode)
 
 
+def node(directory: Path) -> dict[str, object]:
+    """A cluster of a head and one worker node; the worker node is killed mid-run (every
+    process of it, raylet and object store included), with a batchroute worker on it."""
+    import ray
+    from ray._private import state
+    from ray.cluster_utils import Cluster
+
+    # Two logical CPUs a node: Ray spreads the workers (0.25 CPU each) one to a node, and a
+    # read task needs a whole CPU free on one node; with one CPU a node none is, and the run
+    # waits for ever.
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
+    try:
+        victim = cluster.add_node(num_cpus=2)
+        cluster.wait_for_nodes()
+        with running_simulator(models=_models(directory)) as sim:
+            job = _job(directory, sim.base_url, check=False)
+            run = subprocess.Popen(
+                [*_command(job), "--ray-address", cluster.address],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            while sim.ledger()["models"]["t/slow"]["requests"] < ROWS // 3:
+                if run.poll() is not None:
+                    return {"error": "the run ended before the node was killed"}
+                time.sleep(0.05)
+            # Ray's own table of actors (the GCS, read without a dashboard): which of the
+            # run's workers live on the node about to die.
+            ray.init(address=cluster.address, log_to_driver=False)
+            on_victim = [
+                actor
+                for actor in state.actors().values()
+                if actor["State"] == "ALIVE"
+                and actor["Address"]["NodeID"] == victim.node_id
+                and "MapWorker" in actor["ActorClassName"]
+            ]
+            ray.shutdown()
+            paid_before = sim.ledger()["models"]["t/slow"]["requests"]
+            cluster.remove_node(victim, allow_graceful=False)
+            _, stderr = run.communicate(timeout=400)
+            if run.returncode != 0:
+                return {"error": stderr[-2000:]}
+            return _outcome(
+                directory,
+                sim.ledger(),
+                workers_on_killed_node=len(on_victim),
+                paid_before_kill=paid_before,
+                rc=run.returncode,
+            )
+    finally:
+        cluster.shutdown()
+
+
 def s3(directory: Path) -> dict[str, object]:
     """Input parts under an s3:// prefix and the output to s3://, on moto's server."""
     import pyarrow.parquet as pq
@@ -209,5 +262,11 @@ def _models(directory: Path) -> Path:
 
 if __name__ == "__main__":
     scenario, where = sys.argv[1], Path(sys.argv[2])
-    outcome = {"worker": worker, "driver": driver, "s3": s3, "budget": budget}[scenario](where)
+    outcome = {
+        "worker": worker,
+        "node": node,
+        "driver": driver,
+        "s3": s3,
+        "budget": budget,
+    }[scenario](where)
     print(json.dumps(outcome))

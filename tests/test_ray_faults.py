@@ -1,6 +1,7 @@
-"""Faults on the Ray engine (a worker that dies mid-batch, a driver killed mid-run) and its
-object-store input and output. Each scenario (tests/ray_scenarios.py) runs in a loopback-only
-network namespace, simulator and S3 server and all, and reports the simulator's ledger."""
+"""Faults on the Ray engine (a worker that dies mid-batch, a worker node killed with every
+process on it, a driver killed mid-run) and its object-store input and output. Each scenario
+(tests/ray_scenarios.py) runs in a loopback-only network namespace, simulator and S3 server
+and all, and reports the simulator's ledger."""
 
 from __future__ import annotations
 
@@ -40,6 +41,18 @@ def test_a_worker_killed_mid_batch_is_replaced_and_re_pays_only_its_calls_in_fli
     assert outcome["rows"] == outcome["unique_ids"] == outcome["ok"] == 200
     # The crashed worker's finished calls are in the store; at most its calls in flight
     # (its concurrency, 8) are paid again.
+    assert 200 <= outcome["requests"] <= 200 + 8  # type: ignore[operator]
+
+
+@pytest.mark.timeout(600)
+def test_a_worker_node_killed_mid_run_loses_no_row_and_re_pays_at_most_its_calls_in_flight(
+    tmp_path: Path,
+) -> None:
+    outcome = _scenario("node", tmp_path)
+    # Ray spreads the pool's actors over the nodes: one of the two lived on the killed node.
+    assert outcome["workers_on_killed_node"] == 1
+    assert 0 < outcome["paid_before_kill"] < 200  # type: ignore[operator]
+    assert outcome["rows"] == outcome["unique_ids"] == outcome["ok"] == 200
     assert 200 <= outcome["requests"] <= 200 + 8  # type: ignore[operator]
 
 
