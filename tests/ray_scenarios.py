@@ -125,18 +125,18 @@ def driver(directory: Path) -> dict[str, object]:
 
 
 def node(directory: Path) -> dict[str, object]:
-    """A cluster of a head and one worker node; the worker node is killed mid-run (every
-    process of it, raylet and object store included), with a batchroute worker on it."""
+    """A cluster of a head and two worker nodes; a worker node running one of the run's
+    workers is killed mid-run, every process of it (raylet and object store included)."""
     import ray
     from ray._private import state
     from ray.cluster_utils import Cluster
 
-    # Two logical CPUs a node: Ray spreads the workers (0.25 CPU each) one to a node, and a
-    # read task needs a whole CPU free on one node; with one CPU a node none is, and the run
-    # waits for ever.
+    # Two logical CPUs a node: Ray spreads the workers (0.25 CPU each) over the nodes, and a
+    # read task needs a whole CPU free on one node; with one CPU a node none may be, and the
+    # run waits for ever.
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
     try:
-        victim = cluster.add_node(num_cpus=2)
+        nodes = [cluster.add_node(num_cpus=2) for _ in range(2)]
         cluster.wait_for_nodes()
         with running_simulator(models=_models(directory)) as sim:
             job = _job(directory, sim.base_url, check=False)
@@ -150,26 +150,27 @@ def node(directory: Path) -> dict[str, object]:
                 if run.poll() is not None:
                     return {"error": "the run ended before the node was killed"}
                 time.sleep(0.05)
-            # Ray's own table of actors (the GCS, read without a dashboard): which of the
-            # run's workers live on the node about to die.
+            # Ray's own table of actors (the GCS, read without a dashboard): where the run's
+            # workers live.
             ray.init(address=cluster.address, log_to_driver=False)
-            on_victim = [
-                actor
+            homes = [
+                actor["Address"]["NodeID"]
                 for actor in state.actors().values()
-                if actor["State"] == "ALIVE"
-                and actor["Address"]["NodeID"] == victim.node_id
-                and "MapWorker" in actor["ActorClassName"]
+                if actor["State"] == "ALIVE" and "MapWorker" in actor["ActorClassName"]
             ]
             ray.shutdown()
+            victims = [node for node in nodes if node.node_id in homes]
+            if not victims:
+                return {"error": f"no worker on a worker node: {homes}"}
             paid_before = sim.ledger()["models"]["t/slow"]["requests"]
-            cluster.remove_node(victim, allow_graceful=False)
+            cluster.remove_node(victims[0], allow_graceful=False)
             _, stderr = run.communicate(timeout=400)
             if run.returncode != 0:
                 return {"error": stderr[-2000:]}
             return _outcome(
                 directory,
                 sim.ledger(),
-                workers_on_killed_node=len(on_victim),
+                workers_on_killed_node=homes.count(victims[0].node_id),
                 paid_before_kill=paid_before,
                 rc=run.returncode,
             )

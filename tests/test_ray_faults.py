@@ -49,7 +49,8 @@ def test_a_worker_node_killed_mid_run_loses_no_row_and_re_pays_at_most_its_calls
     tmp_path: Path,
 ) -> None:
     outcome = _scenario("node", tmp_path)
-    # Ray spreads the pool's actors over the nodes: one of the two lived on the killed node.
+    # Ray spreads the pool's actors over the three nodes: one of the two lived on the killed
+    # worker node.
     assert outcome["workers_on_killed_node"] == 1
     assert 0 < outcome["paid_before_kill"] < 200  # type: ignore[operator]
     assert outcome["rows"] == outcome["unique_ids"] == outcome["ok"] == 200
