@@ -10,7 +10,7 @@ from typing import Any
 from tqdm import tqdm
 
 from batchroute.job import Job
-from batchroute.records import FAILED, OK, REPAIR, SKIPPED, RowResult
+from batchroute.records import FAILED, OK, SKIPPED, RowResult
 from batchroute.router import Router
 from batchroute.shadow import RouteStats
 
@@ -48,37 +48,44 @@ class RunStats:
     shared_usd: float = 0.0  # what those calls cost, paid once by the rows that made them
 
     def add(self, result: RowResult, *, top_tier_cost: float | None) -> None:
-        self.routes.add(result)
+        totals = result.totals()
+        self.routes.add(result, totals)
+        status = result.status
         self.done += 1
-        self.ok += result.status == OK
-        self.failed += result.status == FAILED
-        self.skipped += result.status == SKIPPED
-        self.unverified += result.status == OK and result.check_passed is False
+        self.ok += status == OK
+        self.failed += status == FAILED
+        self.skipped += status == SKIPPED
+        self.unverified += status == OK and result.check_passed is False
         self.escalated += result.escalated
         self.fallback += result.fallback_used
         self.repair_turns += result.repairs
         self.repaired += result.repaired
-        charged = result.charged_calls
-        if result.repairs:
-            self.repair_cost_usd += sum(c.charge_usd or 0.0 for c in charged if c.purpose == REPAIR)
-        self.calls += sum(not c.deduped for c in result.calls)
-        self.deduped_rows += result.deduped
-        self.shared_usd += result.shared_cost_usd or 0.0
-        self.cost_usd += result.cost_usd or 0.0
-        self.priced_rows += any(c.charge_usd is not None for c in charged)
-        self.unknown_cost_rows += result.cost_partly_unknown
-        self.cached_usd += sum(c.charge_usd or 0.0 for c in result.calls if c.cached)
+        self.repair_cost_usd += totals.repair_cost_usd
+        self.calls += totals.calls_made
+        self.deduped_rows += totals.deduped
+        self.shared_usd += totals.shared_cost_usd or 0.0
+        self.cost_usd += totals.cost_usd or 0.0
+        self.priced_rows += totals.priced
+        self.unknown_cost_rows += totals.cost_partly_unknown
+        self.cached_usd += totals.cached_usd
+        self.rate_limited += totals.rate_limited
         for call in result.calls:
-            self.rate_limited += call.status_code == 429
+            if (
+                call.limit_requests is None
+                and call.limit_tokens is None
+                and call.limit_input_tokens is None
+                and call.limit_output_tokens is None
+            ):
+                continue
             limits = (
                 ("requests", call.limit_requests),
                 ("tokens", call.limit_tokens),
                 ("input_tokens", call.limit_input_tokens),
                 ("output_tokens", call.limit_output_tokens),
             )
-            named = {dimension: value for dimension, value in limits if value is not None}
-            if named:
-                self.limits_seen[call.model] = named
+            self.limits_seen[call.model] = {
+                dimension: value for dimension, value in limits if value is not None
+            }
         if self.top_tier_cost_usd is not None and result.status != SKIPPED:
             if top_tier_cost is None:
                 self.top_tier_cost_usd = None

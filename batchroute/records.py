@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import NamedTuple
 
 import polars as pl
 
@@ -98,72 +99,111 @@ class RowResult:
     repaired: bool = False  # a repair turn's answer passed the check
 
     @property
-    def charged_calls(self) -> list[CallRecord]:
-        """The calls charged to the row: all but shadow sampling's and answers shared from
-        another row's call (which that row paid for)."""
-        return [c for c in self.calls if not c.shadow and not c.deduped]
-
-    @property
-    def deduped(self) -> bool:
-        """The row's answer came from another row's identical call."""
-        return any(c.deduped and not c.shadow for c in self.calls)
-
-    @property
     def tool_calls(self) -> str | None:
         """The tool calls of the call that gave the final answer, as JSON."""
         answered = [c for c in self.calls if c.purpose == ANSWER and not c.shadow and c.ok]
         return answered[-1].tool_calls if answered and self.answer is not None else None
 
     @property
-    def shared_cost_usd(self) -> float | None:
-        """What the calls this row shared cost the rows that made them; None when none."""
-        shared = [c for c in self.calls if c.deduped and not c.shadow]
-        return sum(c.shared_charge_usd or 0.0 for c in shared) if shared else None
-
-    @property
     def answer_calls(self) -> list[CallRecord]:
         """The calls of the plan's tiers: no classifier, judge or shadow calls."""
         return [c for c in self.calls if c.purpose == ANSWER and not c.shadow]
 
+    def totals(self) -> RowTotals:
+        """The row's calls summed in one pass: what the results, the progress bar and the
+        summary read of them (each row is summed once per reader, not once per column)."""
+        charged = made = rate_limited = prompt_tokens = completion_tokens = 0
+        known = classifier = repair = shadow = shared = cached_usd = latency = 0.0
+        priced = partly_unknown = any_classifier = any_shadow = deduped = False
+        all_cached = bool(self.calls)
+        sources: set[str] = set()
+        for c in self.calls:
+            charge = c.charge_usd
+            made += not c.deduped
+            rate_limited += c.status_code == 429
+            all_cached = all_cached and c.cached
+            if c.cached:
+                cached_usd += charge or 0.0
+            if c.shadow:
+                any_shadow = True
+                shadow += charge or 0.0
+                continue
+            if c.deduped:
+                deduped = True
+                shared += c.shared_charge_usd or 0.0
+                continue
+            charged += 1
+            prompt_tokens += c.prompt_tokens or 0
+            completion_tokens += c.completion_tokens or 0
+            latency += c.latency_s
+            if charge is not None:
+                priced = True
+                known += charge
+                sources.add(c.cost_source)
+            elif c.unpriced:
+                partly_unknown = True
+            if c.purpose == CLASSIFIER:
+                any_classifier = True
+                classifier += charge or 0.0
+            elif c.purpose == REPAIR:
+                repair += charge or 0.0
+        if not sources:
+            source = UNKNOWN if charged else None
+        elif partly_unknown or len(sources) > 1:
+            source = MIXED  # known charges and unknown ones, or several sources
+        else:
+            source = sources.pop()
+        sampled = any_shadow or self.shadow_passed is not None
+        return RowTotals(
+            charged_calls=charged,
+            calls_made=made,
+            # None (not 0.0) when no charge is known and some answered call's is not.
+            cost_usd=None if not priced and partly_unknown else known,
+            priced=priced,
+            cost_partly_unknown=partly_unknown,
+            cost_source=source,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            latency_s=latency,
+            classifier_cost_usd=classifier if any_classifier else None,
+            repair_cost_usd=repair,
+            shadow_cost_usd=shadow if sampled else None,
+            deduped=deduped,
+            shared_cost_usd=shared if deduped else None,
+            cached_usd=cached_usd,
+            all_cached=all_cached,
+            rate_limited=rate_limited,
+        )
+
     @property
     def cost_usd(self) -> float | None:
         """The known charges summed; None (not 0.0) when no charge is known and some answered
-        call's cost is unknown. See `cost_partly_unknown` for the rest."""
-        known = [c.charge_usd for c in self.charged_calls if c.charge_usd is not None]
-        if not known and self.cost_partly_unknown:
-            return None
-        return sum(known)
+        call's cost is unknown (`cost_partly_unknown` of `totals()` says when it is a lower
+        bound)."""
+        return self.totals().cost_usd
 
-    @property
-    def cost_partly_unknown(self) -> bool:
-        """Some answered call of the row has no known charge: `cost_usd` is a lower bound."""
-        return any(c.unpriced for c in self.charged_calls)
 
-    @property
-    def cost_source(self) -> str | None:
-        charged = self.charged_calls
-        sources = {c.cost_source for c in charged if c.charge_usd is not None}
-        if not sources:
-            return UNKNOWN if charged else None
-        if self.cost_partly_unknown:
-            return MIXED  # known charges and unknown ones
-        return sources.pop() if len(sources) == 1 else MIXED
+class RowTotals(NamedTuple):
+    """A row's calls summed (RowResult.totals). "Charged" calls are all but shadow
+    sampling's and answers shared from another row's identical call (which that row paid)."""
 
-    @property
-    def classifier_cost_usd(self) -> float | None:
-        calls = [c for c in self.charged_calls if c.purpose == CLASSIFIER]
-        return sum(c.charge_usd or 0.0 for c in calls) if calls else None
-
-    @property
-    def shadow_cost_usd(self) -> float | None:
-        """What shadow sampling spent on the row; None when the row was not sampled."""
-        calls = [c for c in self.calls if c.shadow]
-        if not calls and self.shadow_passed is None:
-            return None
-        return sum(c.charge_usd or 0.0 for c in calls)
-
-    def tokens(self, attr: str) -> int:
-        return sum(getattr(c, attr) or 0 for c in self.charged_calls)
+    charged_calls: int
+    calls_made: int  # not shared from another row; shadow sampling's included
+    cost_usd: float | None  # the known charges of the charged calls
+    priced: bool  # some charged call's charge is known
+    cost_partly_unknown: bool  # some answered charged call's is not: cost_usd is a floor
+    cost_source: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    latency_s: float
+    classifier_cost_usd: float | None  # None: no classifier call
+    repair_cost_usd: float
+    shadow_cost_usd: float | None  # what shadow sampling spent; None: the row was not sampled
+    deduped: bool  # the row's answer came from another row's identical call
+    shared_cost_usd: float | None  # what those shared calls cost the rows that made them
+    cached_usd: float  # the original charges of answers taken from the store
+    all_cached: bool  # every call of the row came from the store
+    rate_limited: int  # calls answered 429
 
 
 def call_schema(id_dtype: pl.DataType) -> dict[str, pl.DataType]:
@@ -257,6 +297,7 @@ def results_frame(
     schema = result_schema(id_dtype)
     columns: dict[str, list[object]] = {name: [] for name in schema}
     for r in results:
+        t = r.totals()
         columns["row_id"].append(r.row_id)
         columns["answer"].append(r.answer)
         columns["model"].append(r.model)
@@ -269,22 +310,22 @@ def results_frame(
         columns["check_passed"].append(r.check_passed)
         columns["status"].append(r.status)
         columns["error"].append(r.error)
-        columns["calls"].append(len(r.charged_calls))
-        columns["cost_usd"].append(r.cost_usd)
-        columns["cost_source"].append(r.cost_source)
-        columns["prompt_tokens"].append(r.tokens("prompt_tokens"))
-        columns["completion_tokens"].append(r.tokens("completion_tokens"))
-        columns["latency_s"].append(sum(c.latency_s for c in r.charged_calls))
+        columns["calls"].append(t.charged_calls)
+        columns["cost_usd"].append(t.cost_usd)
+        columns["cost_source"].append(t.cost_source)
+        columns["prompt_tokens"].append(t.prompt_tokens)
+        columns["completion_tokens"].append(t.completion_tokens)
+        columns["latency_s"].append(t.latency_s)
         columns["label"].append(r.label)
-        columns["cached"].append(bool(r.calls) and all(c.cached for c in r.calls))
+        columns["cached"].append(t.all_cached)
         columns["rule"].append(r.rule)
-        columns["classifier_cost_usd"].append(r.classifier_cost_usd)
+        columns["classifier_cost_usd"].append(t.classifier_cost_usd)
         columns["shadow_passed"].append(r.shadow_passed)
-        columns["shadow_cost_usd"].append(r.shadow_cost_usd)
+        columns["shadow_cost_usd"].append(t.shadow_cost_usd)
         columns["repairs"].append(r.repairs)
         columns["repaired"].append(r.repaired)
-        columns["deduped"].append(r.deduped)
-        columns["shared_cost_usd"].append(r.shared_cost_usd)
+        columns["deduped"].append(t.deduped)
+        columns["shared_cost_usd"].append(t.shared_cost_usd)
         columns["tool_calls"].append(r.tool_calls)
     frame = pl.DataFrame(columns, schema=schema)
     if parser is not None:

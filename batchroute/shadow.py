@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from batchroute.job import Job, route_targets
-from batchroute.records import OK, RowResult
+from batchroute.records import OK, RowResult, RowTotals
 from batchroute.stats import wilson
 
 
@@ -127,22 +127,24 @@ class RouteStats:
     unknown_labels: int = 0
     shadow_cost_usd: float = 0.0
 
-    def add(self, result: RowResult) -> None:
+    def add(self, result: RowResult, totals: RowTotals) -> None:
+        """`totals`: the row's own (`result.totals()`), summed once by the caller."""
         if result.route_key is None:
             return
         route = self.routes.setdefault(result.route_key, _Route())
         route.rows += 1
-        route.cost_usd += result.cost_usd or 0.0  # the known charges
+        paid = totals.cost_usd or 0.0  # the known charges
+        route.cost_usd += paid
         self.unknown_labels += result.label_unknown
-        self.shadow_cost_usd += result.shadow_cost_usd or 0.0
+        self.shadow_cost_usd += totals.shadow_cost_usd or 0.0
         if result.status != OK or not result.past_cheapest:
             return
         route.past_cheapest += 1
         if result.shadow_passed is not None:
             route.sampled += 1
             route.passed += result.shadow_passed
-            paid = (result.cost_usd or 0.0) - (result.classifier_cost_usd or 0.0)
-            route.potential_saving_usd += paid - (result.shadow_cost_usd or 0.0)
+            paid -= totals.classifier_cost_usd or 0.0
+            route.potential_saving_usd += paid - (totals.shadow_cost_usd or 0.0)
 
     def as_dict(self) -> dict[str, Any]:
         return {key: route.as_dict() for key, route in self.routes.items()}

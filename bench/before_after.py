@@ -1,8 +1,9 @@
 """batchroute at an earlier commit against the working tree, in the same run.
 
-Run: .venv/bin/python bench/before_after.py [--before 4f62488] [--rows 20000] [--repeat 3]
+Run: .venv/bin/python bench/before_after.py [--before 4f62488 [COMMIT ...]] [--rows 20000]
+[--repeat 3]
 
-The earlier commit's `batchroute/` is exported with `git archive` and run by the same
+Each earlier commit's `batchroute/` is exported with `git archive` and run by the same
 interpreter and libraries (the editable install is bypassed), so only batchroute's own code
 differs. Measured as in bench/overhead.py (simulator `--fast` in its own process,
 concurrency 64, a fresh call store each run), interleaved, plus a 10-row run for start-up.
@@ -48,13 +49,16 @@ def export(commit: str, directory: Path) -> Path:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--before", default=ISSUE_6_BASE, help="the earlier commit")
+    parser.add_argument(
+        "--before", nargs="+", default=[ISSUE_6_BASE], help="earlier commits, oldest first"
+    )
     parser.add_argument("--rows", type=int, default=20_000)
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
-        trees = {f"`{args.before}`": str(export(args.before, directory / "before")), "now": ""}
+        trees = {f"`{c}`": str(export(c, directory / f"before-{c}")) for c in args.before}
+        trees["now"] = ""
         big = write_tasks(directory / "tasks.parquet", args.rows)
         small = write_tasks(directory / "tasks_10.parquet", 10)
         figures: dict[str, dict[str, list[float]]] = {
@@ -90,10 +94,11 @@ def main() -> int:
             f"| {name} | {median(f['rate']):,.0f} | {median(f['cpu']):.3f} |"
             f" {median(f['start']):.2f} |"
         )
-    if args.before == ISSUE_6_BASE:
+    if args.before == [ISSUE_6_BASE]:
         key, title = "before_after", "Before and after the performance work"
     else:
-        key, title = f"before_after_{args.before}", f"`{args.before}` against now"
+        names = ", ".join(f"`{c}`" for c in args.before)
+        key, title = f"before_after_{'_'.join(args.before)}", f"{names} against now"
     write_section(key, title, "\n".join(lines))
     return 0
 
