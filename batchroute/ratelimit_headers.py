@@ -72,14 +72,26 @@ def _names(dimension: str) -> tuple[tuple[str, str, str], ...]:
 _NAMES = {dimension: _names(dimension) for dimension in DIMENSIONS}
 
 
+_PREFIXES = ("x-ratelimit-", "anthropic-ratelimit-")
+
+
 def read_limit_headers(headers: Mapping[str, str], *, now: datetime | None = None) -> LimitHeaders:
-    """Every quota `headers` name; `headers` must look names up case-insensitively."""
+    """Every quota `headers` name (header names in any case; the first of a repeated one)."""
+    # One pass over the answer's few names, then plain lookups: looking up each provider's
+    # twenty spellings case-insensitively cost more, on every answer.
+    named: dict[str, str] = {}
+    for name, value in headers.items():
+        low = name.lower()
+        if low.startswith(_PREFIXES):
+            named.setdefault(low, value)
+    if not named:
+        return LimitHeaders()
     quotas: dict[str, Quota] = {}
     garbled: list[str] = []
     for dimension in DIMENSIONS:
         for limit_name, remaining_name, reset_name in _NAMES[dimension]:
-            raw_limit, raw_remaining = headers.get(limit_name), headers.get(remaining_name)
-            raw_reset = headers.get(reset_name)
+            raw_limit, raw_remaining = named.get(limit_name), named.get(remaining_name)
+            raw_reset = named.get(reset_name)
             if raw_limit is None and raw_remaining is None:
                 continue
             limit, remaining = _amount(raw_limit), _amount(raw_remaining)

@@ -128,6 +128,21 @@ def test_remaining_above_the_limit_is_cut_to_it_and_half_a_pair_is_garbled() -> 
     assert half.quotas == {} and half.garbled == ("x-ratelimit-limit-tokens",)
 
 
+def test_header_names_are_read_in_any_case_and_the_first_of_a_repeated_one_wins() -> None:
+    from multidict import CIMultiDict
+
+    headers = CIMultiDict(
+        [
+            ("X-RateLimit-Limit-Requests", "60"),
+            ("x-ratelimit-remaining-requests", "59"),
+            ("X-RATELIMIT-REMAINING-REQUESTS", "1"),
+            ("Content-Type", "application/json"),
+        ]
+    )
+    assert read_limit_headers(headers, now=NOW).quotas == {"requests": Quota(60, 59, None)}
+    assert read_limit_headers({"Content-Type": "application/json"}, now=NOW).quotas == {}
+
+
 # ---- runs against the simulator --------------------------------------------------------------
 
 
