@@ -225,3 +225,65 @@ def test_a_csv_directory_on_ray_reads_the_types_the_local_engine_reads(tmp_path:
     assert a.select("task_id", "answer", "cost_usd").equals(
         b.select("task_id", "answer", "cost_usd")
     )
+
+
+def _peak_in_flight(calls: pl.DataFrame) -> int:
+    """The most calls open at one instant, from each call's start and latency (every call
+    starts inside its slot, so this never overstates the slots held)."""
+    events = []
+    for started, latency in calls.select("started_at", "latency_s").iter_rows():
+        start = started.timestamp()
+        events += [(start, 1), (start + latency, -1)]
+    open_now = peak = 0
+    for _, step in sorted(events, key=lambda event: (event[0], event[1])):
+        open_now += step
+        peak = max(peak, open_now)
+    return peak
+
+
+@pytest.mark.timeout(600)
+def test_max_concurrency_holds_across_the_workers(tmp_path: Path) -> None:
+    """A model that takes 2 calls at a time, called by 2 workers of 8 rows in flight each:
+    each worker holds one slot, 2 calls at once across the cluster (4 if each held 2)."""
+    models = write_sim_models(
+        tmp_path,
+        """
+        [models."t/narrow"]
+        usd_per_mtok = { input = 0.2, output = 0.8 }
+        latency_ms = { mean = 300, jitter = 0 }
+        """,
+    )
+    write_tasks(tmp_path, 40)
+    job = tmp_path / "job.toml"
+    job.write_text(
+        textwrap.dedent(
+            f"""
+            [input]
+            path = "tasks.parquet"
+            id = "task_id"
+            prompt = "Label: {{text}}"
+            batch_rows = 10
+            [output]
+            path = "out/results.parquet"
+            [endpoint]
+            base_url = "embedded"
+            [simulator]
+            models = "{models.name}"
+            [models."t/narrow"]
+            max_concurrency = 2
+            [route]
+            strategy = "fixed"
+            model = "t/narrow"
+            [run]
+            engine = "ray"
+            workers = 2
+            concurrency = 8
+            """
+        ),
+        encoding="utf-8",
+    )
+    done = run_in_netns("run", job, "-q", "--no-cache")
+    assert done.returncode == 0, done.stderr
+    calls = pl.read_parquet(tmp_path / "out/results.calls.parquet")
+    assert calls.height == 40 and (calls["status_code"] == 200).all()
+    assert _peak_in_flight(calls) == 2

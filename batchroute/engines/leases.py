@@ -232,7 +232,7 @@ class _LeasedModelLimits(ModelLimits):
 
     @asynccontextmanager
     async def call(self, *, prompt_tokens: int, max_tokens: int) -> AsyncIterator[Reservation]:
-        # max_concurrency stays per worker: it bounds one process's open connections.
+        # max_concurrency: this worker's share of the cluster's (ray_engine.worker_share).
         if self.slots is not None:
             await self.slots.acquire()
         try:

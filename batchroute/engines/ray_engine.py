@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.util
+import logging
 import pickle
 import random
 import threading
@@ -48,6 +49,33 @@ from batchroute.transport import Transport, open_transport
 
 RESULT_COLUMN = "__batchroute_result"
 _T = TypeVar("_T")
+log = logging.getLogger("batchroute")
+
+
+def worker_share(job: Job) -> Job:
+    """The job as each worker runs it. A model's `max_concurrency` is its calls in flight
+    across the cluster (a server that answers two at a time is one server, however many
+    workers call it): each of `run.workers` workers holds an equal share, at least one."""
+    workers = job.run.workers
+    models = {
+        name: model.model_copy(update={"max_concurrency": max(1, model.max_concurrency // workers)})
+        if model.max_concurrency is not None
+        else model
+        for name, model in job.models.items()
+    }
+    return job.model_copy(update={"models": models})
+
+
+def share_warnings(job: Job) -> list[str]:
+    """Where a model's `max_concurrency` cannot be split between the workers."""
+    workers = job.run.workers
+    return [
+        f"{job.source}: models.{name}.max_concurrency = {model.max_concurrency} is below"
+        f" run.workers = {workers}: each worker sends one call at a time, {workers} at once"
+        " across the cluster"
+        for name, model in job.models.items()
+        if model.max_concurrency is not None and model.max_concurrency < workers
+    ]
 
 
 class RayRun(_Run):
@@ -73,6 +101,8 @@ class RayRun(_Run):
                 f"{self.job.source}: input.id: run.engine = 'ray' needs an id column (Ray Data"
                 " reads files in parallel and does not number rows)"
             )
+        for warning in share_warnings(self.job):
+            log.warning("%s", warning)
         await anyio.to_thread.run_sync(
             self._run_on_ray, self._base_urls, bar, results_sink, calls_sink, abandon_on_cancel=True
         )
@@ -115,7 +145,7 @@ class RayRun(_Run):
             mapped = dataset.map_batches(
                 RowWorker,
                 fn_constructor_kwargs={
-                    "job": job,
+                    "job": worker_share(job),
                     "run_id": self.prep.run_id,
                     "base_urls": base_urls,
                     "cache_mode": self.options.cache,
