@@ -90,9 +90,10 @@ lint: install
 	$(BIN)/ruff format --check batchroute tests bench data jobs
 	$(BIN)/mypy
 
-# Four pytest-xdist workers on two cores: most tests wait on a subprocess or a socket.
+# Four pytest-xdist workers on two cores: most tests wait on a subprocess or a socket. The
+# Ray tests run on one of them, one after another (tests/conftest.py).
 test: lint peers ray
-	$(BIN)/pytest -q -m 'not model' -n 4 --dist loadgroup
+	$(BIN)/pytest -q -m 'not model' -n 4
 
 test-model: install model
 	$(BIN)/pytest -q -m model

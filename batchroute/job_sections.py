@@ -297,7 +297,8 @@ class RunConfig(Section):
     engine: Literal["local", "ray"] = "local"
     workers: Annotated[int, Field(gt=0, le=10_000)] = 2  # Ray engine: worker actors
     worker_cpus: Annotated[float, Field(gt=0)] = 0.25  # Ray engine: CPUs each worker reserves
-    ray_address: str | None = None  # Ray engine: a cluster to join; none: start a local one
+    # Ray engine: a cluster to join; none: $RAY_ADDRESS, else start a local one
+    ray_address: str | None = None
     concurrency: Annotated[int, Field(gt=0, le=100_000)] = 64
     max_attempts: Annotated[int, Field(gt=0, le=50)] = 4
     backoff_base_s: Annotated[float, Field(ge=0)] = 0.5

@@ -1,9 +1,9 @@
 """Shared fixtures: a real simulator on 127.0.0.1 for tests of HTTP, one in-process for the rest.
 
-`make test` runs the suite on several pytest-xdist workers (`--dist loadgroup`). The Ray
-tests form one group, so one worker runs them one cluster at a time (two Ray clusters on two
-cores starve each other), and they are collected first: they are the longest chain, and the
-other workers share the rest meanwhile.
+`make test` runs the suite on four pytest-xdist workers. The Ray tests are one unit of work,
+so one worker runs them one cluster at a time (two Ray clusters on two cores starve each
+other), and they are collected first: they are the longest chain, and the other workers
+share the rest meanwhile.
 """
 
 from __future__ import annotations
@@ -21,11 +21,29 @@ from batchroute.sim.state import Sim
 RAY_MODULES = ("test_ray.py", "test_ray_faults.py")
 
 
+def _module(nodeid: str) -> str:
+    return nodeid.split("::", 1)[0].rsplit("/", 1)[-1]
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    ray = [item for item in items if item.path.name in RAY_MODULES]
-    for item in ray:
-        item.add_marker(pytest.mark.xdist_group("ray"))
-    items[:] = ray + [item for item in items if item.path.name not in RAY_MODULES]
+    ray = [item for item in items if _module(item.nodeid) in RAY_MODULES]
+    items[:] = ray + [item for item in items if _module(item.nodeid) not in RAY_MODULES]
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    """Under `-n`, the Ray tests are one unit of work: one worker runs them, one cluster at a
+    time. (xdist's own `--dist loadgroup` marks groups by rewriting node ids, which pytest 9.2
+    no longer lets it do.)"""
+    if config.getvalue("dist") != "load":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class RayTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return "ray" if _module(nodeid) in RAY_MODULES else nodeid
+
+    return RayTogether(config, log)  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -287,3 +288,45 @@ def test_max_concurrency_holds_across_the_workers(tmp_path: Path) -> None:
     calls = pl.read_parquet(tmp_path / "out/results.calls.parquet")
     assert calls.height == 40 and (calls["status_code"] == 200).all()
     assert _peak_in_flight(calls) == 2
+
+
+@pytest.mark.timeout(600)
+def test_a_cluster_address_that_ray_left_behind_is_not_joined(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ray records the last cluster started on a machine in its temp directory and joins it
+    by default, also when that cluster was killed without `ray stop`. With no address asked
+    for, a run starts its own local cluster instead of waiting on the dead one."""
+    temp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))  # short: Ray's socket paths
+    try:
+        (temp / "ray").mkdir()
+        (temp / "ray" / "ray_current_cluster").write_text("127.0.0.1:9", encoding="utf-8")
+        monkeypatch.setenv("RAY_TMPDIR", str(temp))
+        write_tasks(tmp_path, 10)
+        job = tmp_path / "job.toml"
+        job.write_text(
+            textwrap.dedent(
+                """
+                [input]
+                path = "tasks.parquet"
+                id = "task_id"
+                prompt = "Label: {text}"
+                [output]
+                path = "out/results.parquet"
+                [endpoint]
+                base_url = "embedded"
+                [route]
+                strategy = "fixed"
+                model = "openai/gpt-4o-mini"
+                [run]
+                engine = "ray"
+                workers = 1
+                """
+            ),
+            encoding="utf-8",
+        )
+        done = run_in_netns("run", job, "-q", timeout=240)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert pl.read_parquet(tmp_path / "out/results.parquet").height == 10
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)

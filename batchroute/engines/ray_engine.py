@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import importlib.util
 import logging
+import os
 import pickle
 import random
 import threading
@@ -50,6 +51,15 @@ from batchroute.transport import Transport, open_transport
 RESULT_COLUMN = "__batchroute_result"
 _T = TypeVar("_T")
 log = logging.getLogger("batchroute")
+
+
+def ray_address(job: Job) -> str:
+    """The cluster to join: the job's or the command line's, else `$RAY_ADDRESS`, else a new
+    local one. Never Ray's own default, the last cluster started on this machine as its
+    /tmp/ray file records it: that file outlives a cluster killed without `ray stop` (the
+    next run then waits on an address nobody answers), and a cluster another user started
+    is not one this job asked for."""
+    return job.run.ray_address or os.environ.get("RAY_ADDRESS") or "local"
 
 
 def worker_share(job: Job) -> Job:
@@ -121,7 +131,7 @@ class RayRun(_Run):
         started = not ray.is_initialized()
         if started:
             ray.init(
-                address=job.run.ray_address,
+                address=ray_address(job),
                 include_dashboard=False,
                 log_to_driver=False,
                 configure_logging=False,
