@@ -212,3 +212,43 @@ def write_easy_hard_table(path: Path, *, rows: int, with_level: bool = False) ->
     frame = pl.DataFrame(columns)
     frame.write_parquet(path)
     return frame
+
+
+def ray_job(
+    directory: Path,
+    *,
+    model: str,
+    run: str,
+    base_url: str = "embedded",
+    models: Path | None = None,
+    model_settings: str = "",
+    batch_rows: int = 20,
+    extra: str = "",
+) -> Path:
+    """A job routing every row of `directory`'s tasks to `model` at `base_url` (the embedded
+    simulator with the model table `models`, else its built-in one), run on Ray with the
+    `[run]` lines, then `extra`."""
+    table = f'[simulator]\nmodels = "{models.name}"\n' if models is not None else ""
+    settings = f'[models."{model}"]\n{model_settings}\n' if model_settings else ""
+    job = directory / "job.toml"
+    job.write_text(
+        textwrap.dedent(
+            f"""
+            [input]
+            path = "tasks.parquet"
+            id = "task_id"
+            prompt = "Label: {{text}}"
+            batch_rows = {batch_rows}
+            [output]
+            path = "out/results.parquet"
+            [endpoint]
+            base_url = "{base_url}"
+            """
+        )
+        + table
+        + settings
+        + f'[route]\nstrategy = "fixed"\nmodel = "{model}"\n[run]\nengine = "ray"\n{run}\n'
+        + extra,
+        encoding="utf-8",
+    )
+    return job

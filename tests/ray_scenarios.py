@@ -12,14 +12,13 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
 import polars as pl
 
 sys.path.insert(0, str(Path(__file__).parent))
-from helpers import write_sim_models, write_tasks  # noqa: E402
+from helpers import ray_job, write_sim_models, write_tasks  # noqa: E402
 
 from batchroute.sim import running_simulator  # noqa: E402
 
@@ -45,33 +44,8 @@ def check(row, answer):
 
 def _job(directory: Path, base_url: str, *, check: bool) -> Path:
     checked = '[check]\ntype = "python"\nfunction = "crashy:check"\n' if check else ""
-    job = directory / "job.toml"
-    job.write_text(
-        textwrap.dedent(
-            f"""
-            [input]
-            path = "tasks.parquet"
-            id = "task_id"
-            prompt = "Label: {{text}}"
-            batch_rows = 20
-            [output]
-            path = "out/results.parquet"
-            [endpoint]
-            base_url = "{base_url}"
-            [route]
-            strategy = "fixed"
-            model = "t/slow"
-            [run]
-            engine = "ray"
-            workers = 2
-            worker_cpus = 0.25
-            concurrency = {CONCURRENCY}
-            """
-        )
-        + checked,
-        encoding="utf-8",
-    )
-    return job
+    run = f"workers = 2\nworker_cpus = 0.25\nconcurrency = {CONCURRENCY}"
+    return ray_job(directory, model="t/slow", run=run, base_url=base_url, extra=checked)
 
 
 def _command(job: Path) -> list[str]:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from helpers import write_sim_models, write_tasks
+from helpers import ray_job, write_sim_models, write_tasks
 
 from batchroute.sink import read_metadata
 
@@ -132,34 +132,13 @@ def test_four_workers_share_one_rpm_through_the_lease_service(tmp_path: Path) ->
         """,
     )
     write_tasks(tmp_path, ROWS)
-    job = tmp_path / "job.toml"
-    job.write_text(
-        textwrap.dedent(
-            f"""
-            [input]
-            path = "tasks.parquet"
-            id = "task_id"
-            prompt = "Label: {{text}}"
-            batch_rows = 25
-            [output]
-            path = "out/results.parquet"
-            [endpoint]
-            base_url = "embedded"
-            [simulator]
-            models = "{models.name}"
-            [models."t/limited"]
-            rpm = {RPM}
-            [route]
-            strategy = "fixed"
-            model = "t/limited"
-            [run]
-            engine = "ray"
-            workers = 4
-            worker_cpus = 0.2
-            concurrency = 32
-            """
-        ),
-        encoding="utf-8",
+    job = ray_job(
+        tmp_path,
+        model="t/limited",
+        models=models,
+        model_settings=f"rpm = {RPM}",
+        batch_rows=25,
+        run="workers = 4\nworker_cpus = 0.2\nconcurrency = 32",
     )
     done = run_in_netns("run", job, "-q", "--no-cache")
     assert done.returncode == 0, done.stderr
@@ -255,33 +234,13 @@ def test_max_concurrency_holds_across_the_workers(tmp_path: Path) -> None:
         """,
     )
     write_tasks(tmp_path, 40)
-    job = tmp_path / "job.toml"
-    job.write_text(
-        textwrap.dedent(
-            f"""
-            [input]
-            path = "tasks.parquet"
-            id = "task_id"
-            prompt = "Label: {{text}}"
-            batch_rows = 10
-            [output]
-            path = "out/results.parquet"
-            [endpoint]
-            base_url = "embedded"
-            [simulator]
-            models = "{models.name}"
-            [models."t/narrow"]
-            max_concurrency = 2
-            [route]
-            strategy = "fixed"
-            model = "t/narrow"
-            [run]
-            engine = "ray"
-            workers = 2
-            concurrency = 8
-            """
-        ),
-        encoding="utf-8",
+    job = ray_job(
+        tmp_path,
+        model="t/narrow",
+        models=models,
+        model_settings="max_concurrency = 2",
+        batch_rows=10,
+        run="workers = 2\nconcurrency = 8",
     )
     done = run_in_netns("run", job, "-q", "--no-cache")
     assert done.returncode == 0, done.stderr
@@ -303,28 +262,7 @@ def test_a_cluster_address_that_ray_left_behind_is_not_joined(
         (temp / "ray" / "ray_current_cluster").write_text("127.0.0.1:9", encoding="utf-8")
         monkeypatch.setenv("RAY_TMPDIR", str(temp))
         write_tasks(tmp_path, 10)
-        job = tmp_path / "job.toml"
-        job.write_text(
-            textwrap.dedent(
-                """
-                [input]
-                path = "tasks.parquet"
-                id = "task_id"
-                prompt = "Label: {text}"
-                [output]
-                path = "out/results.parquet"
-                [endpoint]
-                base_url = "embedded"
-                [route]
-                strategy = "fixed"
-                model = "openai/gpt-4o-mini"
-                [run]
-                engine = "ray"
-                workers = 1
-                """
-            ),
-            encoding="utf-8",
-        )
+        job = ray_job(tmp_path, model="openai/gpt-4o-mini", run="workers = 1")
         done = run_in_netns("run", job, "-q", timeout=240)
         assert done.returncode == 0, done.stderr[-2000:]
         assert pl.read_parquet(tmp_path / "out/results.parquet").height == 10
