@@ -70,22 +70,15 @@ class RunStats:
         self.cached_usd += totals.cached_usd
         self.rate_limited += totals.rate_limited
         for call in result.calls:
-            if (
-                call.limit_requests is None
-                and call.limit_tokens is None
-                and call.limit_input_tokens is None
-                and call.limit_output_tokens is None
-            ):
-                continue
             limits = (
                 ("requests", call.limit_requests),
                 ("tokens", call.limit_tokens),
                 ("input_tokens", call.limit_input_tokens),
                 ("output_tokens", call.limit_output_tokens),
             )
-            self.limits_seen[call.model] = {
-                dimension: value for dimension, value in limits if value is not None
-            }
+            named = {dimension: value for dimension, value in limits if value is not None}
+            if named:
+                self.limits_seen[call.model] = named
         if self.top_tier_cost_usd is not None and result.status != SKIPPED:
             if top_tier_cost is None:
                 self.top_tier_cost_usd = None

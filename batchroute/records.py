@@ -175,13 +175,6 @@ class RowResult:
             rate_limited=rate_limited,
         )
 
-    @property
-    def cost_usd(self) -> float | None:
-        """The known charges summed; None (not 0.0) when no charge is known and some answered
-        call's cost is unknown (`cost_partly_unknown` of `totals()` says when it is a lower
-        bound)."""
-        return self.totals().cost_usd
-
 
 class RowTotals(NamedTuple):
     """A row's calls summed (RowResult.totals). "Charged" calls are all but shadow
