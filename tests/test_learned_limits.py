@@ -140,6 +140,9 @@ def test_header_names_are_read_in_any_case_and_the_first_of_a_repeated_one_wins(
         ]
     )
     assert read_limit_headers(headers, now=NOW).quotas == {"requests": Quota(60, 59, None)}
+    # A plain mapping too (what a transport hands over need not look names up for us).
+    plain = {"X-RateLimit-Limit-Tokens": "100", "X-RateLimit-Remaining-Tokens": "90"}
+    assert read_limit_headers(plain, now=NOW).quotas == {"tokens": Quota(100, 90, None)}
     assert read_limit_headers({"Content-Type": "application/json"}, now=NOW).quotas == {}
 
 
