@@ -20,7 +20,7 @@ import polars as pl
 sys.path.insert(0, str(Path(__file__).parent))
 from helpers import ray_job, write_sim_models, write_tasks  # noqa: E402
 
-from batchroute.sim import running_simulator  # noqa: E402
+from batchroute.sim import SimulatorHandle, running_simulator  # noqa: E402
 
 ROWS = 200
 BUDGET = 0.0005
@@ -63,6 +63,20 @@ def _outcome(directory: Path, sim_ledger: dict, **extra: object) -> dict[str, ob
     }
 
 
+def _paid(sim: SimulatorHandle) -> int:
+    """The calls the simulator was paid for."""
+    return sim.ledger()["models"]["t/slow"]["requests"]
+
+
+def _paid_a_third(sim: SimulatorHandle, run: subprocess.Popen[bytes]) -> bool:
+    """Wait until a third of the rows' calls are paid; False if the run ended first."""
+    while _paid(sim) < ROWS // 3:
+        if run.poll() is not None:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 def worker(directory: Path) -> dict[str, object]:
     (directory / "crashy.py").write_text(CRASHY, encoding="utf-8")
     with running_simulator(models=_models(directory)) as sim:
@@ -85,13 +99,11 @@ def driver(directory: Path) -> dict[str, object]:
             stderr=subprocess.DEVNULL,
             start_new_session=True,
         )
-        while sim.ledger()["models"]["t/slow"]["requests"] < ROWS // 3:
-            if first.poll() is not None:
-                return {"error": "the first run ended before it was killed"}
-            time.sleep(0.05)
+        if not _paid_a_third(sim, first):
+            return {"error": "the first run ended before it was killed"}
         os.killpg(first.pid, signal.SIGKILL)
         first.wait()
-        paid_before = sim.ledger()["models"]["t/slow"]["requests"]
+        paid_before = _paid(sim)
         done = subprocess.run(_command(job), capture_output=True, text=True, check=False)
         if done.returncode != 0:
             return {"error": done.stderr[-2000:]}
@@ -114,16 +126,16 @@ def node(directory: Path) -> dict[str, object]:
         cluster.wait_for_nodes()
         with running_simulator(models=_models(directory)) as sim:
             job = _job(directory, sim.base_url, check=False)
-            run = subprocess.Popen(
-                [*_command(job), "--ray-address", cluster.address],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-            while sim.ledger()["models"]["t/slow"]["requests"] < ROWS // 3:
-                if run.poll() is not None:
-                    return {"error": "the run ended before the node was killed"}
-                time.sleep(0.05)
+            # Its stderr to a file: a pipe nobody reads while the run goes on could fill.
+            log = directory / "run.stderr"
+            with log.open("w", encoding="utf-8") as stderr:
+                run = subprocess.Popen(
+                    [*_command(job), "--ray-address", cluster.address],
+                    stdout=subprocess.DEVNULL,
+                    stderr=stderr,
+                )
+            if not _paid_a_third(sim, run):
+                return {"error": "the run ended before the node was killed"}
             # Ray's own table of actors (the GCS, read without a dashboard): where the run's
             # workers live.
             ray.init(address=cluster.address, log_to_driver=False)
@@ -136,11 +148,10 @@ def node(directory: Path) -> dict[str, object]:
             victims = [node for node in nodes if node.node_id in homes]
             if not victims:
                 return {"error": f"no worker on a worker node: {homes}"}
-            paid_before = sim.ledger()["models"]["t/slow"]["requests"]
+            paid_before = _paid(sim)
             cluster.remove_node(victims[0], allow_graceful=False)
-            _, stderr = run.communicate(timeout=400)
-            if run.returncode != 0:
-                return {"error": stderr[-2000:]}
+            if run.wait(timeout=400) != 0:
+                return {"error": log.read_text(encoding="utf-8")[-2000:]}
             return _outcome(
                 directory,
                 sim.ledger(),
@@ -182,7 +193,7 @@ def s3(directory: Path) -> dict[str, object]:
             return {"error": done.stderr[-2000:]}
         with fs.open_input_file("lake/out/results.parquet") as handle:
             results = pl.read_parquet(handle)
-        paid = sim.ledger()["models"]["t/slow"]["requests"]
+        paid = _paid(sim)
         # The same job again: a new run, answered from the store (the cross-run cache).
         again = subprocess.run(_command(job), capture_output=True, text=True, check=False, env=env)
         with fs.open_input_file("lake/out/results.parquet") as handle:
@@ -192,7 +203,7 @@ def s3(directory: Path) -> dict[str, object]:
             "ok": int((results["status"] == "ok").sum()),
             "requests": paid,
             "again_rc": again.returncode,
-            "requests_after_again": sim.ledger()["models"]["t/slow"]["requests"],
+            "requests_after_again": _paid(sim),
             "all_cached_again": all(cached),
         }
 
