@@ -2,8 +2,8 @@
 
 `make test` runs the suite on four pytest-xdist workers. The Ray tests are one unit of work,
 so one worker runs them one cluster at a time (two Ray clusters on two cores starve each
-other), and they are collected first: they are the longest chain, and the other workers
-share the rest meanwhile.
+other). Being the largest unit, xdist hands it out first: it is the longest chain, and the
+other workers share the rest meanwhile.
 """
 
 from __future__ import annotations
@@ -25,16 +25,12 @@ def _module(nodeid: str) -> str:
     return nodeid.split("::", 1)[0].rsplit("/", 1)[-1]
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    ray = [item for item in items if _module(item.nodeid) in RAY_MODULES]
-    items[:] = ray + [item for item in items if _module(item.nodeid) not in RAY_MODULES]
-
-
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
     """Under `-n`, the Ray tests are one unit of work: one worker runs them, one cluster at a
     time. (xdist's own `--dist loadgroup` marks groups by rewriting node ids, which pytest 9.2
-    no longer lets it do.)"""
+    no longer lets it do.) `_split_scope` is how xdist's own loadgroup and loadfile
+    schedulers are written; pyproject.toml keeps xdist below 4 for it."""
     if config.getvalue("dist") != "load":
         return None
     from xdist.scheduler import LoadScopeScheduling
