@@ -25,6 +25,7 @@ import logging
 import os
 import pickle
 import random
+import socket
 import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar, cast
@@ -60,6 +61,23 @@ def ray_address(job: Job) -> str:
     next run then waits on an address nobody answers), and a cluster another user started
     is not one this job asked for."""
     return job.run.ray_address or os.environ.get("RAY_ADDRESS") or "local"
+
+
+def check_ray_address(job: Job, *, timeout_s: float = 10.0) -> None:
+    """A cluster address that cannot be one, or where nothing answers, is the user's mistake:
+    one line now, not Ray's traceback or its retrying for ever."""
+    address = ray_address(job)
+    if address in ("local", "auto"):
+        return
+    where = f"{job.source}: run.ray_address (or --ray-address) {address!r}"
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"{where}: not HOST:PORT (or ray://HOST:PORT)")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ConfigError(f"{where}: no Ray cluster answers there ({reason})") from None
 
 
 def worker_share(job: Job) -> Job:
@@ -111,6 +129,7 @@ class RayRun(_Run):
                 f"{self.job.source}: input.id: run.engine = 'ray' needs an id column (Ray Data"
                 " reads files in parallel and does not number rows)"
             )
+        await anyio.to_thread.run_sync(check_ray_address, self.job)
         for warning in share_warnings(self.job):
             log.warning("%s", warning)
         await anyio.to_thread.run_sync(
